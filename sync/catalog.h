@@ -1,0 +1,120 @@
+/*
+ * catalog — what this node knows, kept in SQLite (WAL mode) at <state_dir>/catalog.db.
+ *
+ * Tables: hosts (each host's manifest position), entries (every version of every file a host
+ * publishes: category, path, size, mtime_ns, hash, origin, seq, deleted; for this node's own
+ * files also the dev/ino/ctime seen when it was hashed, so a restart rehashes nothing that is
+ * unchanged), chunks (per-chunk hashes), local (what is present here, pins) and queue (sync
+ * jobs, used by the AutoSync issue). The schema carries a version (PRAGMA user_version) and
+ * is brought forward by an ordered list of migrations, each in one transaction.
+ *
+ * Every change is one transaction, so a kill -9 at any moment leaves a consistent catalog.
+ * seq is per host, strictly increasing, and for this node is handed out by the catalog
+ * itself inside the same transaction that records the change.
+ *
+ * A struct catalog is one SQLite connection guarded by its own mutex: every call may be made
+ * from any thread, and none holds the mutex on return. Callers must not call the catalog
+ * while holding locks of other modules that a catalog callback could take (callbacks run
+ * with the catalog mutex held).
+ */
+#ifndef MESHFS_CATALOG_H
+#define MESHFS_CATALOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sync/hash.h"
+
+#define CATALOG_SCHEMA_VERSION 2
+
+struct catalog;
+
+/* One version of one file as a host publishes it. Strings are borrowed: in callbacks they
+ * live until the callback returns; as inputs they are copied. */
+struct cat_entry {
+	const char *host;	/* the host whose manifest lists it */
+	const char *category;
+	const char *path;	/* relative to the category, clean (see path_is_clean_relative) */
+	uint64_t size;
+	int64_t mtime_ns;
+	struct hash128 hash;
+	const char *origin;	/* the host that produced this version */
+	int64_t seq;
+	bool deleted;
+	/* For this node's own files: identity of the hashed file, to skip rehashing. */
+	uint64_t dev;
+	uint64_t ino;
+	int64_t ctime_ns;
+	int64_t confirmed_at;	/* unix seconds its origin last confirmed it */
+};
+
+/*
+ * Opens (creating if needed) the catalog at @path and migrates it to
+ * CATALOG_SCHEMA_VERSION. Returns 0 and *out, or -errno: -EROFS/-EACCES for an unwritable
+ * location, -EPROTO for a file that is not a catalog or is newer than this build (the detail
+ * is logged).
+ */
+int catalog_open(const char *path, struct catalog **out);
+void catalog_close(struct catalog *cat);
+
+/* The schema version of the open catalog. */
+int catalog_schema_version(struct catalog *cat);
+
+/*
+ * Records a new or changed version of this node's own file (host = origin = @e->host) in one
+ * transaction: assigns it the next seq (returned in *seq), replaces its chunk hashes with
+ * @chunks[0..n_chunks), clears the deleted flag. @e->seq is ignored.
+ */
+int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
+			  const struct hash128 *chunks, size_t n_chunks, int64_t *seq);
+
+/*
+ * Marks @host's entry (category, path) deleted with the next seq, in one transaction.
+ * Returns 0, -ENOENT if there is no live entry.
+ */
+int catalog_delete_local(struct catalog *cat, const char *host, const char *category,
+			 const char *path, int64_t *seq);
+
+/* Updates confirmed_at (and nothing else; seq unchanged) of a live entry. 0 or -ENOENT. */
+int catalog_confirm(struct catalog *cat, const char *host, const char *category,
+		    const char *path, int64_t confirmed_at);
+
+/*
+ * Looks up @host's entry (category, path), deleted or not. Returns 0 and calls @fn once,
+ * -ENOENT if there is none.
+ */
+int catalog_get(struct catalog *cat, const char *host, const char *category, const char *path,
+		void (*fn)(void *arg, const struct cat_entry *e), void *arg);
+
+/*
+ * Calls @fn for each live (not deleted) entry of @host (every host when NULL) in seq order.
+ * A non-zero return from @fn stops the walk and is returned.
+ */
+int catalog_foreach(struct catalog *cat, const char *host,
+		    int (*fn)(void *arg, const struct cat_entry *e), void *arg);
+
+/* Calls @fn for each entry of @host with seq > @since, deleted ones included, in seq order. */
+int catalog_changes(struct catalog *cat, const char *host, int64_t since,
+		    int (*fn)(void *arg, const struct cat_entry *e), void *arg);
+
+/* The chunk hashes of @host's entry: a new array in *out (free()), its length in *n. */
+int catalog_get_chunks(struct catalog *cat, const char *host, const char *category,
+		       const char *path, struct hash128 **out, size_t *n);
+
+/* The highest seq handed out for @host (0 if none). */
+int catalog_max_seq(struct catalog *cat, const char *host, int64_t *seq);
+
+/* Counts and total bytes of @host's live entries. */
+int catalog_totals(struct catalog *cat, const char *host, uint64_t *files, uint64_t *bytes);
+
+/* Pins (keeps out of eviction) or unpins (category, path) on this node. */
+int catalog_set_pin(struct catalog *cat, const char *category, const char *path, bool pinned);
+/* 0 with *pinned set; a path never pinned is not pinned. */
+int catalog_get_pin(struct catalog *cat, const char *category, const char *path, bool *pinned);
+
+/* Small persistent key/value settings (e.g. the node identity the catalog was made for). */
+int catalog_meta_get(struct catalog *cat, const char *key, char **value);
+int catalog_meta_set(struct catalog *cat, const char *key, const char *value);
+
+#endif

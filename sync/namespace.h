@@ -1,0 +1,175 @@
+/*
+ * namespace — the in-memory tree that the mount shows.
+ *
+ * Layout: / holds one directory per configured category and /.hosts; /.hosts/<host>/<category>
+ * shows each host's own versions, read-only. Every node has a FUSE inode number that stays
+ * fixed for its lifetime; nodes live in two hash tables (by inode, and by parent + name) and
+ * each directory keeps its children in an array ordered by a per-directory cookie, which is
+ * the readdir offset, so a listing stays correct while entries come and go.
+ *
+ * The tree is built from the catalog at start and kept current by the indexer (files
+ * published or deleted in the data dirs) and by the write operations below, which act on this
+ * node's backing directories first and update the tree after. Lookups and getattr never touch
+ * SQLite: a node holds the published version (size, mtime, hash, origin) and, for data that is
+ * on this node, attributes come from the backing file itself.
+ *
+ * /.hosts/<host>/... nodes are made on lookup and freed on forget, so the union tree is the
+ * only per-file cost (see docs/architecture.md for the memory budget).
+ *
+ * Locking: ns->lock (a rwlock) protects the tables and every node field; it is never held
+ * across a catalog call, a hook or an invalidation callback. Calls below take and release it
+ * themselves; none returns with it held.
+ */
+#ifndef MESHFS_NAMESPACE_H
+#define MESHFS_NAMESPACE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+#include "sync/catalog.h"
+#include "sync/config.h"
+
+#define NS_ROOT_INO 1
+
+struct ns;
+
+/* What a lookup or create hands to the FUSE layer. */
+struct ns_entry {
+	uint64_t ino;
+	struct stat attr;
+	bool local;	/* served from this node's storage: short kernel cache timeouts */
+};
+
+/* Who asks, for ownership of new files. */
+struct ns_caller {
+	uid_t uid;
+	gid_t gid;
+	mode_t umask;
+};
+
+/* Work the namespace hands back to its owner; called with no namespace lock held. */
+struct ns_hooks {
+	void (*removed)(void *arg, size_t cat_idx, const char *path);
+	void (*renamed)(void *arg, size_t cat_idx, const char *old_path, const char *new_path,
+			bool is_dir);
+	void (*written)(void *arg, size_t cat_idx, const char *path);
+	/* The kernel's cached entry @name in @parent, or the attributes/data of @ino (when
+	 * @name is NULL), are out of date. Must not block on FUSE requests. */
+	void (*invalidate)(void *arg, uint64_t parent, const char *name, uint64_t ino);
+};
+
+/* Everything the xattr and status code needs to know about one node. */
+enum ns_state {
+	NS_STATE_LOCAL,
+	NS_STATE_PASSTHROUGH,
+	NS_STATE_REMOTE,
+};
+
+struct ns_info {
+	bool is_dir;
+	bool is_file;
+	bool published;		/* has a catalog version (hash valid) */
+	bool read_only;		/* under /.hosts, or another node's data */
+	bool is_root;
+	enum ns_state state;
+	int cat_idx;		/* -1 for /, /.hosts and /.hosts/<host> */
+	char origin[64];
+	struct hash128 hash;
+	uint64_t size;
+	int64_t mtime_ns;
+	int64_t confirmed_at;
+	char path[4096];	/* relative to the category ("" for its root) */
+};
+
+/*
+ * Builds an empty namespace for @cfg (this node = cfg->self). @hooks may be NULL. Each
+ * category's backing directory is config_category_dir(cfg, cfg->self, i); categories under a
+ * shared_storage path are passthrough. Returns 0 or -errno.
+ */
+int ns_create(const struct mfs_config *cfg, const struct ns_hooks *hooks, void *hook_arg,
+	      struct ns **out);
+void ns_destroy(struct ns *ns);
+
+/* Loads every live entry of this node from @cat. Returns 0 or -errno. */
+int ns_load(struct ns *ns, struct catalog *cat);
+
+/* Population from the indexer: a published file, a deleted one, a directory seen or gone. */
+int ns_put_file(struct ns *ns, size_t cat_idx, const struct cat_entry *e);
+int ns_remove_file(struct ns *ns, size_t cat_idx, const char *path);
+int ns_put_dir(struct ns *ns, size_t cat_idx, const char *path);
+int ns_remove_dir(struct ns *ns, size_t cat_idx, const char *path);
+
+/* Counts of nodes and files in the union tree (for status and the memory benchmark). */
+void ns_counts(struct ns *ns, uint64_t *nodes, uint64_t *files, uint64_t *bytes);
+
+/* The backing directory of category @cat_idx on this node (owned by ns). */
+const char *ns_category_dir(struct ns *ns, size_t cat_idx);
+bool ns_category_passthrough(struct ns *ns, size_t cat_idx);
+
+/* ---- requests (each returns 0 or -errno) ---- */
+
+/* Finds @name in @parent and counts one kernel reference to it (undone by ns_forget). */
+int ns_lookup(struct ns *ns, uint64_t parent, const char *name, struct ns_entry *out);
+void ns_forget(struct ns *ns, uint64_t ino, uint64_t nlookup);
+int ns_getattr(struct ns *ns, uint64_t ino, struct stat *st);
+int ns_info(struct ns *ns, uint64_t ino, struct ns_info *info);
+
+/*
+ * Lists @dir from cookie @off: calls @fn for each child with its name, attributes (only
+ * st_ino and the type bits of st_mode unless @plus) and the cookie to resume after it, until
+ * @fn returns non-zero. With @plus, each listed child gains one kernel reference, as a lookup
+ * does, unless @fn returned non-zero for it. "." and ".." are listed first (cookies 1, 2).
+ */
+typedef int (*ns_dirent_fn)(void *arg, const char *name, const struct stat *st, off_t next);
+int ns_readdir(struct ns *ns, uint64_t dir, off_t off, bool plus, ns_dirent_fn fn, void *arg);
+
+/*
+ * Opens the data of @ino with open(2) @flags (O_CREAT/O_EXCL ignored). Returns 0 and an fd
+ * in *fd (the caller closes it); *keep_cache is true when the content is unchanged since the
+ * previous open, so the kernel's page cache can be kept. Write access to read-only data gives
+ * -EROFS.
+ */
+int ns_open(struct ns *ns, uint64_t ino, int flags, int *fd, bool *keep_cache);
+/* The fd opened with ns_open/ns_create for writing is being closed. */
+void ns_release(struct ns *ns, uint64_t ino, bool wrote);
+
+int ns_create_file(struct ns *ns, uint64_t parent, const char *name, mode_t mode, int flags,
+		   const struct ns_caller *who, int *fd, struct ns_entry *out);
+int ns_mknod(struct ns *ns, uint64_t parent, const char *name, mode_t mode, dev_t rdev,
+	     const struct ns_caller *who, struct ns_entry *out);
+int ns_mkdir(struct ns *ns, uint64_t parent, const char *name, mode_t mode,
+	     const struct ns_caller *who, struct ns_entry *out);
+int ns_symlink(struct ns *ns, uint64_t parent, const char *name, const char *target,
+	       const struct ns_caller *who, struct ns_entry *out);
+int ns_link(struct ns *ns, uint64_t ino, uint64_t newparent, const char *newname,
+	    struct ns_entry *out);
+int ns_unlink(struct ns *ns, uint64_t parent, const char *name);
+int ns_rmdir(struct ns *ns, uint64_t parent, const char *name);
+/* @flags: RENAME_NOREPLACE / RENAME_EXCHANGE as renameat2(2). */
+int ns_rename(struct ns *ns, uint64_t parent, const char *name, uint64_t newparent,
+	      const char *newname, unsigned flags);
+/* Reads the target of a symlink into a new string. */
+int ns_readlink(struct ns *ns, uint64_t ino, char **target);
+
+/* Attribute changes; @to_set uses the NS_SET_* bits; @fd is an open fd or -1. */
+enum {
+	NS_SET_MODE = 1 << 0,
+	NS_SET_UID = 1 << 1,
+	NS_SET_GID = 1 << 2,
+	NS_SET_SIZE = 1 << 3,
+	NS_SET_ATIME = 1 << 4,
+	NS_SET_MTIME = 1 << 5,
+	NS_SET_ATIME_NOW = 1 << 6,
+	NS_SET_MTIME_NOW = 1 << 7,
+	NS_SET_CTIME = 1 << 8,
+};
+int ns_setattr(struct ns *ns, uint64_t ino, const struct stat *st, unsigned to_set, int fd,
+	       struct stat *out);
+
+int ns_statfs(struct ns *ns, uint64_t ino, struct statvfs *st);
+
+#endif
