@@ -120,11 +120,15 @@ int ns_info(struct ns *ns, uint64_t ino, struct ns_info *info);
 
 /*
  * Lists @dir from cookie @off: calls @fn for each child with its name, attributes (only
- * st_ino and the type bits of st_mode unless @plus) and the cookie to resume after it, until
- * @fn returns non-zero. With @plus, each listed child gains one kernel reference, as a lookup
- * does, unless @fn returned non-zero for it. "." and ".." are listed first (cookies 1, 2).
+ * st_ino and the type bits of st_mode unless @plus), its inode number (@nodeid; 0 for "."
+ * and "..", which take no reference) and the cookie to resume after it, until @fn returns
+ * non-zero. With @plus, each child passed to @fn with a non-zero nodeid has gained one kernel
+ * reference, as a lookup does, unless @fn returned non-zero for it. "." and ".." come first
+ * (cookies 1, 2). One call lists at most one batch; the caller asks again from the last
+ * cookie.
  */
-typedef int (*ns_dirent_fn)(void *arg, const char *name, const struct stat *st, off_t next);
+typedef int (*ns_dirent_fn)(void *arg, const char *name, const struct stat *st, uint64_t nodeid,
+			    off_t next);
 int ns_readdir(struct ns *ns, uint64_t dir, off_t off, bool plus, ns_dirent_fn fn, void *arg);
 
 /*
@@ -134,8 +138,9 @@ int ns_readdir(struct ns *ns, uint64_t dir, off_t off, bool plus, ns_dirent_fn f
  * -EROFS.
  */
 int ns_open(struct ns *ns, uint64_t ino, int flags, int *fd, bool *keep_cache);
-/* The fd opened with ns_open/ns_create for writing is being closed. */
-void ns_release(struct ns *ns, uint64_t ino, bool wrote);
+/* An fd from ns_open/ns_create_file is being closed; @writable: it was opened for writing,
+ * @wrote: data or size changed through it (the file is then published). */
+void ns_release(struct ns *ns, uint64_t ino, bool writable, bool wrote);
 
 int ns_create_file(struct ns *ns, uint64_t parent, const char *name, mode_t mode, int flags,
 		   const struct ns_caller *who, int *fd, struct ns_entry *out);

@@ -1,0 +1,19 @@
+/*
+ * dataserver — this node's HTTP data server (libmicrohttpd, internal thread pool).
+ *
+ * Serves the HTTP protocol of INTERFACE.md on cfg->listen_host:cfg->listen_port. This issue
+ * brings GET /v1/health; manifests, chunks and files come with the cluster issue. Requests
+ * other than /v1/health need "Authorization: Bearer <token>" when the config has a token
+ * (compared in constant time), else 401.
+ */
+#ifndef MESHFS_DATASERVER_H
+#define MESHFS_DATASERVER_H
+
+struct daemon;
+struct dataserver;
+
+/* Binds and starts serving. -EADDRINUSE when the port is taken, other -errno otherwise. */
+int dataserver_start(struct daemon *d, struct dataserver **out);
+void dataserver_stop(struct dataserver *s);
+
+#endif
