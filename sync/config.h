@@ -59,7 +59,7 @@ struct cfg_host {
 	char *ssh_key;		/* "~/" already expanded */
 	double bandwidth_mbps;	/* 0 = not set */
 	unsigned transports;	/* CFG_XPORT_* bits; CFG_XPORT_ALL by default */
-	uint8_t transport_order[3]; /* the listed order, as CFG_XPORT_* bits; 0-terminated */
+	uint8_t transport_order[4]; /* the listed order, as CFG_XPORT_* bits; 0-terminated */
 };
 
 struct cfg_bw_override {

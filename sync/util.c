@@ -73,8 +73,8 @@ char *path_join(const char *a, const char *b)
 
 	if (lb == 0)
 		return strdup(a);
-	while (la > 1 && a[la - 1] == '/')
-		la--;
+	while (la > 0 && a[la - 1] == '/')
+		la--; /* "/" becomes "", so "/" + "x" gives "/x" */
 	out = malloc(la + 1 + lb + 1);
 	if (!out)
 		return NULL;
