@@ -1,0 +1,1346 @@
+/*
+ * catalog — the node's SQLite catalog: hosts, entries and their chunks, local presence and pins,
+ * the sync queue and a few meta settings.
+ *
+ * How it works:
+ * - One connection per struct catalog, in WAL mode (readers never block the writer, and a
+ *   kill -9 loses at most the transaction in flight), synchronous=NORMAL (durable against a
+ *   process crash; a power cut may lose the last commits but never corrupts), foreign keys on
+ *   (chunks go with their entry) and a busy timeout so another process holding the write lock
+ *   briefly is waited for instead of failing.
+ * - The schema version is PRAGMA user_version. catalog_open applies each missing step of
+ *   `migrations` in order, each in its own BEGIN IMMEDIATE transaction that also bumps
+ *   user_version, so a crash mid-migration leaves the previous version intact. The version is
+ *   re-read under the write lock, so two processes opening an old catalog at once migrate it
+ *   once. A catalog newer than this build, a file that is not SQLite, or an SQLite file with
+ *   someone else's tables (or application_id) is refused with -EPROTO.
+ * - seq: this node's next seq for a host is max(hosts.last_seq, max(entries.seq)) + 1, taken
+ *   and written back to hosts.last_seq inside the same IMMEDIATE transaction as the change it
+ *   numbers. hosts.last_seq never goes down, so a seq is never handed out twice, even after
+ *   the entry that carried it was deleted or re-published (a delete takes a new seq too: the
+ *   tombstone must show up in catalog_changes for peers that already saw the file).
+ * - Statements are prepared on first use and kept until catalog_close.
+ *
+ * Locking: cat->lock serialises every call on one struct catalog: the connection and its
+ * cached statements are not safe to share between threads, and a publish is several
+ * statements that must not interleave with another thread's. It is the one lock held across
+ * sqlite calls, because it *is* the connection's lock; other processes (e.g. `meshfs check`)
+ * are serialised by SQLite itself. Callbacks run with it held (the rows they see are only valid
+ * while the statement is stepped), so a callback must not call the catalog: the mutex is
+ * error-checking and such a call fails with -EDEADLK instead of hanging.
+ */
+#include "sync/catalog.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sync/log.h"
+#include "sync/util.h"
+
+/* PRAGMA application_id of a meshfs catalog: 0x6d736866, "mshf". Decimal for the SQL. */
+#define CATALOG_APP_ID 1836279910
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define CATALOG_BUSY_TIMEOUT_MS 10000
+
+/*
+ * Version 1: hosts, entries, chunks, meta. entries keeps one row per (host, category, path):
+ * the current version, or its tombstone (deleted = 1) so deletions travel in manifests.
+ */
+static const char schema_v1[] =
+	"CREATE TABLE meta ("
+	"  key TEXT PRIMARY KEY,"
+	"  value TEXT NOT NULL);"
+	"CREATE TABLE hosts ("
+	"  name TEXT PRIMARY KEY,"
+	"  last_seq INTEGER NOT NULL DEFAULT 0,"
+	"  last_seen INTEGER NOT NULL DEFAULT 0);"
+	"CREATE TABLE entries ("
+	"  id INTEGER PRIMARY KEY,"
+	"  host TEXT NOT NULL,"
+	"  category TEXT NOT NULL,"
+	"  path TEXT NOT NULL,"
+	"  size INTEGER NOT NULL CHECK (size >= 0),"
+	"  mtime_ns INTEGER NOT NULL,"
+	"  hash BLOB NOT NULL CHECK (length(hash) = 16),"
+	"  origin TEXT NOT NULL,"
+	"  seq INTEGER NOT NULL,"
+	"  deleted INTEGER NOT NULL DEFAULT 0,"
+	"  dev INTEGER NOT NULL DEFAULT 0,"
+	"  ino INTEGER NOT NULL DEFAULT 0,"
+	"  ctime_ns INTEGER NOT NULL DEFAULT 0,"
+	"  confirmed_at INTEGER NOT NULL DEFAULT 0,"
+	"  UNIQUE (host, category, path));"
+	"CREATE INDEX entries_host_seq ON entries (host, seq);"
+	"CREATE TABLE chunks ("
+	"  entry_id INTEGER NOT NULL REFERENCES entries (id) ON DELETE CASCADE,"
+	"  idx INTEGER NOT NULL,"
+	"  hash BLOB NOT NULL CHECK (length(hash) = 16),"
+	"  PRIMARY KEY (entry_id, idx)) WITHOUT ROWID;"
+	"PRAGMA application_id = " STR(CATALOG_APP_ID) ";";
+
+/*
+ * Version 2: local holds what is present on this node per (category, path): the version hash
+ * it belongs to, a bitmap of verified chunks (bit i of byte i / 8, LSB first), and the pin.
+ * queue holds sync jobs; priority 0 low .. 3 critical, state queued/running/done/failed.
+ */
+static const char schema_v2[] =
+	"CREATE TABLE local ("
+	"  category TEXT NOT NULL,"
+	"  path TEXT NOT NULL,"
+	"  hash BLOB CHECK (hash IS NULL OR length(hash) = 16),"
+	"  present BLOB,"
+	"  cached_bytes INTEGER NOT NULL DEFAULT 0,"
+	"  synced_at INTEGER,"
+	"  last_access INTEGER,"
+	"  pinned INTEGER NOT NULL DEFAULT 0,"
+	"  last_error TEXT,"
+	"  PRIMARY KEY (category, path));"
+	"CREATE TABLE queue ("
+	"  id INTEGER PRIMARY KEY,"
+	"  category TEXT NOT NULL,"
+	"  path TEXT NOT NULL,"
+	"  host TEXT,"
+	"  priority INTEGER NOT NULL DEFAULT 1,"
+	"  state TEXT NOT NULL DEFAULT 'queued',"
+	"  created_at INTEGER NOT NULL,"
+	"  attempts INTEGER NOT NULL DEFAULT 0,"
+	"  last_error TEXT);"
+	"CREATE INDEX queue_pick ON queue (state, priority DESC, id);";
+
+struct migration {
+	int version; /* user_version after this step */
+	const char *sql;
+};
+
+static const struct migration migrations[] = {
+	{ 1, schema_v1 },
+	{ 2, schema_v2 },
+};
+
+_Static_assert(sizeof(migrations) / sizeof(migrations[0]) == CATALOG_SCHEMA_VERSION,
+	       "one migration per schema version");
+
+#define ENTRY_COLS                                                                         \
+	"host, category, path, size, mtime_ns, hash, origin, seq, deleted, dev, ino, "      \
+	"ctime_ns, confirmed_at"
+
+enum stmt_id {
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_ROLLBACK,
+	ST_NEXT_SEQ,
+	ST_ENTRY_UPSERT,
+	ST_CHUNKS_CLEAR,
+	ST_CHUNK_INSERT,
+	ST_ENTRY_LIVE_ID,
+	ST_ENTRY_MARK_DELETED,
+	ST_CONFIRM,
+	ST_GET,
+	ST_FOREACH_HOST,
+	ST_FOREACH_ALL,
+	ST_CHANGES,
+	ST_CHUNKS_GET,
+	ST_MAX_SEQ,
+	ST_TOTALS_HOST,
+	ST_TOTALS_ALL,
+	ST_PIN_SET,
+	ST_PIN_CLEAR,
+	ST_PIN_GET,
+	ST_META_GET,
+	ST_META_SET,
+	ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+	[ST_BEGIN] = "BEGIN IMMEDIATE",
+	[ST_COMMIT] = "COMMIT",
+	[ST_ROLLBACK] = "ROLLBACK",
+	/* Also covers rows that came from elsewhere than this node's own counter. */
+	[ST_NEXT_SEQ] = "INSERT INTO hosts (name, last_seq) VALUES (?1, "
+			"(SELECT coalesce(max(seq), 0) FROM entries WHERE host = ?1) + 1) "
+			"ON CONFLICT (name) DO UPDATE SET last_seq = max(last_seq, "
+			"(SELECT coalesce(max(seq), 0) FROM entries WHERE host = ?1)) + 1 "
+			"RETURNING last_seq",
+	[ST_ENTRY_UPSERT] =
+		"INSERT INTO entries (host, category, path, size, mtime_ns, hash, origin, seq, "
+		"deleted, dev, ino, ctime_ns, confirmed_at) "
+		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?1, ?7, 0, ?8, ?9, ?10, ?11) "
+		"ON CONFLICT (host, category, path) DO UPDATE SET size = excluded.size, "
+		"mtime_ns = excluded.mtime_ns, hash = excluded.hash, origin = excluded.origin, "
+		"seq = excluded.seq, deleted = 0, dev = excluded.dev, ino = excluded.ino, "
+		"ctime_ns = excluded.ctime_ns, confirmed_at = excluded.confirmed_at "
+		"RETURNING id",
+	[ST_CHUNKS_CLEAR] = "DELETE FROM chunks WHERE entry_id = ?1",
+	[ST_CHUNK_INSERT] = "INSERT INTO chunks (entry_id, idx, hash) VALUES (?1, ?2, ?3)",
+	[ST_ENTRY_LIVE_ID] = "SELECT id FROM entries "
+			     "WHERE host = ?1 AND category = ?2 AND path = ?3 AND deleted = 0",
+	[ST_ENTRY_MARK_DELETED] = "UPDATE entries SET deleted = 1, seq = ?2 WHERE id = ?1",
+	[ST_CONFIRM] = "UPDATE entries SET confirmed_at = ?4 "
+		       "WHERE host = ?1 AND category = ?2 AND path = ?3 AND deleted = 0",
+	[ST_GET] = "SELECT " ENTRY_COLS " FROM entries "
+		   "WHERE host = ?1 AND category = ?2 AND path = ?3",
+	[ST_FOREACH_HOST] = "SELECT " ENTRY_COLS " FROM entries "
+			    "WHERE host = ?1 AND deleted = 0 ORDER BY seq",
+	[ST_FOREACH_ALL] = "SELECT " ENTRY_COLS " FROM entries "
+			   "WHERE deleted = 0 ORDER BY seq, host",
+	[ST_CHANGES] = "SELECT " ENTRY_COLS " FROM entries "
+		       "WHERE host = ?1 AND seq > ?2 ORDER BY seq",
+	/* One statement, one snapshot: the entry and its chunks cannot come from two commits. */
+	[ST_CHUNKS_GET] = "SELECT c.idx, c.hash FROM entries e "
+			  "LEFT JOIN chunks c ON c.entry_id = e.id "
+			  "WHERE e.host = ?1 AND e.category = ?2 AND e.path = ?3 AND e.deleted = 0 "
+			  "ORDER BY c.idx",
+	[ST_MAX_SEQ] = "SELECT max(coalesce((SELECT last_seq FROM hosts WHERE name = ?1), 0), "
+		       "coalesce((SELECT max(seq) FROM entries WHERE host = ?1), 0))",
+	[ST_TOTALS_HOST] = "SELECT count(*), coalesce(sum(size), 0) FROM entries "
+			   "WHERE host = ?1 AND deleted = 0",
+	[ST_TOTALS_ALL] = "SELECT count(*), coalesce(sum(size), 0) FROM entries WHERE deleted = 0",
+	[ST_PIN_SET] = "INSERT INTO local (category, path, pinned) VALUES (?1, ?2, 1) "
+		       "ON CONFLICT (category, path) DO UPDATE SET pinned = 1",
+	/* Unpinning never creates a row. */
+	[ST_PIN_CLEAR] = "UPDATE local SET pinned = 0 WHERE category = ?1 AND path = ?2",
+	[ST_PIN_GET] = "SELECT pinned FROM local WHERE category = ?1 AND path = ?2",
+	[ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
+	[ST_META_SET] = "INSERT INTO meta (key, value) VALUES (?1, ?2) "
+			"ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+};
+
+struct catalog {
+	pthread_mutex_t lock;		/* error-checking; see the file header */
+	sqlite3 *db;			/* protected by lock */
+	sqlite3_stmt *stmts[ST_COUNT];	/* prepared on first use; protected by lock */
+	int version;			/* set by catalog_open, read-only afterwards */
+	char *path;			/* read-only, for messages */
+};
+
+/* Turns an SQLite result code into -errno, keeping the OS error when SQLite saw one. */
+static int sqlite_to_errno(sqlite3 *db, int rc)
+{
+	int sys = db ? sqlite3_system_errno(db) : 0;
+
+	switch (rc & 0xff) {
+	case SQLITE_OK:
+	case SQLITE_ROW:
+	case SQLITE_DONE:
+		return 0;
+	case SQLITE_NOMEM:
+		return -ENOMEM;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		return -EBUSY;
+	case SQLITE_PERM:
+	case SQLITE_AUTH:
+		return -EACCES;
+	case SQLITE_READONLY:
+		return sys > 0 ? -sys : -EROFS;
+	case SQLITE_CANTOPEN:
+		return sys > 0 ? -sys : -EACCES;
+	case SQLITE_FULL:
+		return -ENOSPC;
+	case SQLITE_TOOBIG:
+		return -E2BIG;
+	case SQLITE_CONSTRAINT:
+	case SQLITE_MISMATCH:
+	case SQLITE_RANGE:
+		return -EINVAL;
+	case SQLITE_NOTADB:
+		return -EPROTO;
+	case SQLITE_IOERR:
+		return sys > 0 ? -sys : -EIO;
+	default:
+		return -EIO;
+	}
+}
+
+/* Logs the failure of @what and returns it as -errno. */
+static int sql_fail(struct catalog *cat, int rc, const char *what)
+{
+	log_msg(LOG_ERR, "catalog %s: %s: %s", cat->path, what,
+		cat->db ? sqlite3_errmsg(cat->db) : sqlite3_errstr(rc));
+	return sqlite_to_errno(cat->db, rc);
+}
+
+static int cat_lock(struct catalog *cat)
+{
+	int r = pthread_mutex_lock(&cat->lock);
+
+	if (r == EDEADLK)
+		log_msg(LOG_ERR, "catalog %s: called from one of its own callbacks", cat->path);
+	return -r;
+}
+
+static void cat_unlock(struct catalog *cat)
+{
+	pthread_mutex_unlock(&cat->lock);
+}
+
+/* The cached statement @id, reset and unbound by the previous user. */
+static int stmt_get(struct catalog *cat, enum stmt_id id, sqlite3_stmt **out)
+{
+	int rc, ret = 0;
+
+	if (!cat->stmts[id]) {
+		rc = sqlite3_prepare_v3(cat->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+					&cat->stmts[id], NULL);
+		if (rc != SQLITE_OK) {
+			ret = sql_fail(cat, rc, "prepare");
+			goto out;
+		}
+	}
+	*out = cat->stmts[id];
+out:
+	return ret;
+}
+
+/* Readies a cached statement for its next user; the strings it borrowed are forgotten. */
+static void stmt_put(sqlite3_stmt *st)
+{
+	if (st) {
+		sqlite3_reset(st);
+		sqlite3_clear_bindings(st);
+	}
+}
+
+/* Binders that do nothing once *rc holds an error, so a run of binds is checked once. */
+static void bind_text(sqlite3_stmt *st, int i, const char *s, int *rc)
+{
+	if (*rc == SQLITE_OK)
+		*rc = sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+}
+
+static void bind_int(sqlite3_stmt *st, int i, int64_t v, int *rc)
+{
+	if (*rc == SQLITE_OK)
+		*rc = sqlite3_bind_int64(st, i, v);
+}
+
+static void bind_hash(sqlite3_stmt *st, int i, const struct hash128 *h, int *rc)
+{
+	uint8_t b[16];
+
+	hash_to_bytes(h, b);
+	if (*rc == SQLITE_OK)
+		*rc = sqlite3_bind_blob(st, i, b, sizeof(b), SQLITE_TRANSIENT);
+}
+
+/* Steps a statement that returns no rows (or whose rows are not wanted) to completion. */
+static int stmt_run(struct catalog *cat, sqlite3_stmt *st)
+{
+	int rc;
+
+	do {
+		rc = sqlite3_step(st);
+	} while (rc == SQLITE_ROW);
+	return rc == SQLITE_DONE ? 0 : sql_fail(cat, rc, sqlite3_sql(st));
+}
+
+static int run_cached(struct catalog *cat, enum stmt_id id)
+{
+	sqlite3_stmt *st = NULL;
+	int ret;
+
+	ret = stmt_get(cat, id, &st);
+	if (ret == 0)
+		ret = stmt_run(cat, st);
+	stmt_put(st);
+	return ret;
+}
+
+static int tx_begin(struct catalog *cat)
+{
+	return run_cached(cat, ST_BEGIN);
+}
+
+static int tx_commit(struct catalog *cat)
+{
+	return run_cached(cat, ST_COMMIT);
+}
+
+/* Undoes an open transaction, if SQLite has not already rolled it back itself. */
+static void tx_rollback(struct catalog *cat)
+{
+	if (!sqlite3_get_autocommit(cat->db))
+		run_cached(cat, ST_ROLLBACK);
+}
+
+static bool valid_category(const char *category)
+{
+	return category && path_is_clean_relative(category) && !strchr(category, '/');
+}
+
+static bool valid_key(const char *host, const char *category, const char *path)
+{
+	return host && *host && valid_category(category) && path && path_is_clean_relative(path);
+}
+
+/* Fills @e from the current row of a statement selecting ENTRY_COLS. */
+static int row_to_entry(sqlite3_stmt *st, struct cat_entry *e)
+{
+	const void *blob = sqlite3_column_blob(st, 5);
+	int ret = 0;
+
+	memset(e, 0, sizeof(*e));
+	e->host = (const char *)sqlite3_column_text(st, 0);
+	e->category = (const char *)sqlite3_column_text(st, 1);
+	e->path = (const char *)sqlite3_column_text(st, 2);
+	e->size = (uint64_t)sqlite3_column_int64(st, 3);
+	e->mtime_ns = sqlite3_column_int64(st, 4);
+	e->origin = (const char *)sqlite3_column_text(st, 6);
+	e->seq = sqlite3_column_int64(st, 7);
+	e->deleted = sqlite3_column_int(st, 8) != 0;
+	e->dev = (uint64_t)sqlite3_column_int64(st, 9);
+	e->ino = (uint64_t)sqlite3_column_int64(st, 10);
+	e->ctime_ns = sqlite3_column_int64(st, 11);
+	e->confirmed_at = sqlite3_column_int64(st, 12);
+	if (!blob || sqlite3_column_bytes(st, 5) != 16 || !e->host || !e->category || !e->path ||
+	    !e->origin) {
+		ret = -EIO;
+		goto out;
+	}
+	hash_from_bytes(blob, &e->hash);
+out:
+	return ret;
+}
+
+/* Steps @st and calls @fn on each row until it returns non-zero (which is returned). */
+static int walk(struct catalog *cat, sqlite3_stmt *st,
+		int (*fn)(void *arg, const struct cat_entry *e), void *arg)
+{
+	struct cat_entry e;
+	int rc, ret = 0;
+
+	for (;;) {
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_DONE)
+			break;
+		if (rc != SQLITE_ROW) {
+			ret = sql_fail(cat, rc, "walk entries");
+			break;
+		}
+		ret = row_to_entry(st, &e);
+		if (ret) {
+			log_msg(LOG_ERR, "catalog %s: malformed entry row", cat->path);
+			break;
+		}
+		ret = fn(arg, &e);
+		if (ret)
+			break;
+	}
+	return ret;
+}
+
+/* Hands out @host's next seq and records it in hosts.last_seq; call inside a transaction. */
+static int next_seq(struct catalog *cat, const char *host, int64_t *seq)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = SQLITE_OK, ret;
+
+	ret = stmt_get(cat, ST_NEXT_SEQ, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, host, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		ret = sql_fail(cat, rc, "next seq");
+		goto out;
+	}
+	*seq = sqlite3_column_int64(st, 0);
+	ret = stmt_run(cat, st);
+out:
+	stmt_put(st);
+	return ret;
+}
+
+static int upsert_entry(struct catalog *cat, const struct cat_entry *e, int64_t seq,
+			int64_t confirmed_at, int64_t *id)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = SQLITE_OK, ret;
+
+	ret = stmt_get(cat, ST_ENTRY_UPSERT, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, e->host, &rc);
+	bind_text(st, 2, e->category, &rc);
+	bind_text(st, 3, e->path, &rc);
+	bind_int(st, 4, (int64_t)e->size, &rc);
+	bind_int(st, 5, e->mtime_ns, &rc);
+	bind_hash(st, 6, &e->hash, &rc);
+	bind_int(st, 7, seq, &rc);
+	/* dev and ino are stored as their bit pattern; they only ever compare for equality. */
+	bind_int(st, 8, (int64_t)e->dev, &rc);
+	bind_int(st, 9, (int64_t)e->ino, &rc);
+	bind_int(st, 10, e->ctime_ns, &rc);
+	bind_int(st, 11, confirmed_at, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		ret = sql_fail(cat, rc, "upsert entry");
+		goto out;
+	}
+	*id = sqlite3_column_int64(st, 0);
+	ret = stmt_run(cat, st);
+out:
+	stmt_put(st);
+	return ret;
+}
+
+static int clear_chunks(struct catalog *cat, int64_t id)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = SQLITE_OK, ret;
+
+	ret = stmt_get(cat, ST_CHUNKS_CLEAR, &st);
+	if (ret)
+		goto out;
+	bind_int(st, 1, id, &rc);
+	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+out:
+	stmt_put(st);
+	return ret;
+}
+
+static int insert_chunks(struct catalog *cat, int64_t id, const struct hash128 *chunks, size_t n)
+{
+	sqlite3_stmt *st = NULL;
+	int ret;
+
+	ret = stmt_get(cat, ST_CHUNK_INSERT, &st);
+	for (size_t i = 0; ret == 0 && i < n; i++) {
+		int rc = SQLITE_OK;
+
+		bind_int(st, 1, id, &rc);
+		bind_int(st, 2, (int64_t)i, &rc);
+		bind_hash(st, 3, &chunks[i], &rc);
+		ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+		sqlite3_reset(st);
+	}
+	stmt_put(st);
+	return ret;
+}
+
+int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
+			  const struct hash128 *chunks, size_t n_chunks, int64_t *seq)
+{
+	bool locked = false, in_tx = false;
+	int64_t next = 0, id = 0, confirmed_at;
+	int ret = -EINVAL;
+
+	if (!e || !valid_key(e->host, e->category, e->path) || e->size > INT64_MAX)
+		goto out;
+	/* The chunk list is served as the file's; it has to cover exactly its bytes. */
+	if (n_chunks != (e->size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE ||
+	    (n_chunks && !chunks)) {
+		log_msg(LOG_ERR, "catalog %s: %s/%s: %zu chunk hashes for %llu bytes", cat->path,
+			e->category, e->path, n_chunks, (unsigned long long)e->size);
+		goto out;
+	}
+	/* Publishing is the origin vouching for its file right now. */
+	confirmed_at = e->confirmed_at ? e->confirmed_at : now_s();
+
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = tx_begin(cat);
+	if (ret)
+		goto out;
+	in_tx = true;
+	ret = next_seq(cat, e->host, &next);
+	if (ret)
+		goto out;
+	ret = upsert_entry(cat, e, next, confirmed_at, &id);
+	if (ret)
+		goto out;
+	ret = clear_chunks(cat, id);
+	if (ret)
+		goto out;
+	ret = insert_chunks(cat, id, chunks, n_chunks);
+	if (ret)
+		goto out;
+	ret = tx_commit(cat);
+	if (ret)
+		goto out;
+	in_tx = false;
+	if (seq)
+		*seq = next;
+out:
+	if (in_tx)
+		tx_rollback(cat);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+/* The id of @host's live entry (category, path): 0 and *id, -ENOENT, or -errno. */
+static int live_entry_id(struct catalog *cat, const char *host, const char *category,
+			 const char *path, int64_t *id)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = SQLITE_OK, ret;
+
+	ret = stmt_get(cat, ST_ENTRY_LIVE_ID, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, host, &rc);
+	bind_text(st, 2, category, &rc);
+	bind_text(st, 3, path, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*id = sqlite3_column_int64(st, 0);
+	else if (rc == SQLITE_DONE)
+		ret = -ENOENT;
+	else
+		ret = sql_fail(cat, rc, "find entry");
+out:
+	stmt_put(st);
+	return ret;
+}
+
+static int mark_deleted(struct catalog *cat, int64_t id, int64_t seq)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = SQLITE_OK, ret;
+
+	ret = stmt_get(cat, ST_ENTRY_MARK_DELETED, &st);
+	if (ret)
+		goto out;
+	bind_int(st, 1, id, &rc);
+	bind_int(st, 2, seq, &rc);
+	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+out:
+	stmt_put(st);
+	return ret;
+}
+
+int catalog_delete_local(struct catalog *cat, const char *host, const char *category,
+			 const char *path, int64_t *seq)
+{
+	bool locked = false, in_tx = false;
+	int64_t next = 0, id = 0;
+	int ret = -EINVAL;
+
+	if (!valid_key(host, category, path))
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = tx_begin(cat);
+	if (ret)
+		goto out;
+	in_tx = true;
+	/* Looked up first so that deleting nothing does not use up a seq. */
+	ret = live_entry_id(cat, host, category, path, &id);
+	if (ret)
+		goto out;
+	ret = next_seq(cat, host, &next);
+	if (ret)
+		goto out;
+	ret = mark_deleted(cat, id, next);
+	if (ret)
+		goto out;
+	ret = clear_chunks(cat, id);
+	if (ret)
+		goto out;
+	ret = tx_commit(cat);
+	if (ret)
+		goto out;
+	in_tx = false;
+	if (seq)
+		*seq = next;
+out:
+	if (in_tx)
+		tx_rollback(cat);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+int catalog_confirm(struct catalog *cat, const char *host, const char *category, const char *path,
+		    int64_t confirmed_at)
+{
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!host || !category || !path)
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, ST_CONFIRM, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, host, &rc);
+	bind_text(st, 2, category, &rc);
+	bind_text(st, 3, path, &rc);
+	bind_int(st, 4, confirmed_at, &rc);
+	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+	if (ret == 0 && sqlite3_changes(cat->db) == 0)
+		ret = -ENOENT;
+out:
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+/* Adapts catalog_get's void callback to walk(). */
+struct get_ctx {
+	void (*fn)(void *arg, const struct cat_entry *e);
+	void *arg;
+	bool found;
+};
+
+static int get_one(void *arg, const struct cat_entry *e)
+{
+	struct get_ctx *ctx = arg;
+
+	ctx->fn(ctx->arg, e);
+	ctx->found = true;
+	return 1; /* (host, category, path) is unique; stop after the row */
+}
+
+int catalog_get(struct catalog *cat, const char *host, const char *category, const char *path,
+		void (*fn)(void *arg, const struct cat_entry *e), void *arg)
+{
+	struct get_ctx ctx = { .fn = fn, .arg = arg };
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!host || !category || !path || !fn)
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, ST_GET, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, host, &rc);
+	bind_text(st, 2, category, &rc);
+	bind_text(st, 3, path, &rc);
+	if (rc != SQLITE_OK) {
+		ret = sql_fail(cat, rc, "bind");
+		goto out;
+	}
+	ret = walk(cat, st, get_one, &ctx);
+	if (ctx.found)
+		ret = 0;
+	else if (ret == 0)
+		ret = -ENOENT;
+out:
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+int catalog_foreach(struct catalog *cat, const char *host,
+		    int (*fn)(void *arg, const struct cat_entry *e), void *arg)
+{
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!fn)
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, host ? ST_FOREACH_HOST : ST_FOREACH_ALL, &st);
+	if (ret)
+		goto out;
+	if (host)
+		bind_text(st, 1, host, &rc);
+	if (rc != SQLITE_OK) {
+		ret = sql_fail(cat, rc, "bind");
+		goto out;
+	}
+	ret = walk(cat, st, fn, arg);
+out:
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+int catalog_changes(struct catalog *cat, const char *host, int64_t since,
+		    int (*fn)(void *arg, const struct cat_entry *e), void *arg)
+{
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!host || !fn)
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, ST_CHANGES, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, host, &rc);
+	bind_int(st, 2, since, &rc);
+	if (rc != SQLITE_OK) {
+		ret = sql_fail(cat, rc, "bind");
+		goto out;
+	}
+	ret = walk(cat, st, fn, arg);
+out:
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+int catalog_get_chunks(struct catalog *cat, const char *host, const char *category,
+		       const char *path, struct hash128 **out, size_t *n)
+{
+	struct hash128 *arr = NULL;
+	size_t count = 0, cap = 0;
+	sqlite3_stmt *st = NULL;
+	bool locked = false, found = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!host || !category || !path || !out || !n)
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, ST_CHUNKS_GET, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, host, &rc);
+	bind_text(st, 2, category, &rc);
+	bind_text(st, 3, path, &rc);
+	while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+		rc = sqlite3_step(st);
+		if (rc != SQLITE_ROW)
+			break;
+		found = true;
+		if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+			continue; /* the entry exists and has no chunks (an empty file) */
+		if (sqlite3_column_int64(st, 0) != (int64_t)count ||
+		    sqlite3_column_bytes(st, 1) != 16) {
+			log_msg(LOG_ERR, "catalog %s: %s/%s: malformed chunk list", cat->path,
+				category, path);
+			ret = -EIO;
+			goto out;
+		}
+		if (count == cap) {
+			size_t ncap = cap ? cap * 2 : 16;
+			struct hash128 *bigger = realloc(arr, ncap * sizeof(*arr));
+
+			if (!bigger) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			arr = bigger;
+			cap = ncap;
+		}
+		hash_from_bytes(sqlite3_column_blob(st, 1), &arr[count++]);
+	}
+	if (rc != SQLITE_DONE) {
+		ret = sql_fail(cat, rc, "get chunks");
+		goto out;
+	}
+	if (!found) {
+		ret = -ENOENT;
+		goto out;
+	}
+	*out = arr;
+	*n = count;
+	arr = NULL;
+out:
+	free(arr);
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+/* Runs cached statement @id with @host bound to ?1 (unless NULL) and reads its one row. */
+static int query_row(struct catalog *cat, enum stmt_id id, const char *host, int64_t *a, int64_t *b)
+{
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret;
+
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, id, &st);
+	if (ret)
+		goto out;
+	if (host)
+		bind_text(st, 1, host, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		ret = sql_fail(cat, rc, sqlite3_sql(st));
+		goto out;
+	}
+	*a = sqlite3_column_int64(st, 0);
+	if (b)
+		*b = sqlite3_column_int64(st, 1);
+out:
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+int catalog_max_seq(struct catalog *cat, const char *host, int64_t *seq)
+{
+	int64_t v = 0;
+	int ret = -EINVAL;
+
+	if (!host || !seq)
+		goto out;
+	ret = query_row(cat, ST_MAX_SEQ, host, &v, NULL);
+	if (ret == 0)
+		*seq = v;
+out:
+	return ret;
+}
+
+/* @host NULL counts every host, as catalog_foreach does. */
+int catalog_totals(struct catalog *cat, const char *host, uint64_t *files, uint64_t *bytes)
+{
+	int64_t f = 0, b = 0;
+	int ret;
+
+	ret = query_row(cat, host ? ST_TOTALS_HOST : ST_TOTALS_ALL, host, &f, &b);
+	if (ret == 0) {
+		if (files)
+			*files = (uint64_t)f;
+		if (bytes)
+			*bytes = (uint64_t)b;
+	}
+	return ret;
+}
+
+/* Pins may name a file, a directory, or with path "" the whole category. */
+static bool valid_pin_key(const char *category, const char *path)
+{
+	return valid_category(category) && path && (!*path || path_is_clean_relative(path));
+}
+
+int catalog_set_pin(struct catalog *cat, const char *category, const char *path, bool pinned)
+{
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!valid_pin_key(category, path))
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, pinned ? ST_PIN_SET : ST_PIN_CLEAR, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, category, &rc);
+	bind_text(st, 2, path, &rc);
+	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+out:
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+int catalog_get_pin(struct catalog *cat, const char *category, const char *path, bool *pinned)
+{
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!category || !path || !pinned)
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, ST_PIN_GET, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, category, &rc);
+	bind_text(st, 2, path, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*pinned = sqlite3_column_int(st, 0) != 0;
+	else if (rc == SQLITE_DONE)
+		*pinned = false;
+	else
+		ret = sql_fail(cat, rc, "get pin");
+out:
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+/* *value is a new string (free()); -ENOENT when @key was never set. */
+int catalog_meta_get(struct catalog *cat, const char *key, char **value)
+{
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!key || !value)
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, ST_META_GET, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, key, &rc);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		const char *v = (const char *)sqlite3_column_text(st, 0);
+		char *copy = strdup(v ? v : "");
+
+		if (copy)
+			*value = copy;
+		else
+			ret = -ENOMEM;
+	} else if (rc == SQLITE_DONE) {
+		ret = -ENOENT;
+	} else {
+		ret = sql_fail(cat, rc, "meta get");
+	}
+out:
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+int catalog_meta_set(struct catalog *cat, const char *key, const char *value)
+{
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!key || !*key || !value)
+		goto out;
+	ret = cat_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, ST_META_SET, &st);
+	if (ret)
+		goto out;
+	bind_text(st, 1, key, &rc);
+	bind_text(st, 2, value, &rc);
+	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+out:
+	stmt_put(st);
+	if (locked)
+		cat_unlock(cat);
+	return ret;
+}
+
+int catalog_schema_version(struct catalog *cat)
+{
+	return cat->version;
+}
+
+/*
+ * Why a catalog cannot be written: the errno of the first of the file and its directory (WAL
+ * creates -wal and -shm beside the file) that access() finds unwritable, else 0.
+ */
+static int probe_unwritable(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir = NULL;
+	int ret = 0;
+
+	if (access(path, F_OK) == 0 && access(path, R_OK | W_OK) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (!slash)
+		dir = strdup(".");
+	else
+		dir = strndup(path, slash == path ? 1 : (size_t)(slash - path));
+	if (!dir) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (access(dir, W_OK | X_OK) < 0)
+		ret = -errno;
+out:
+	free(dir);
+	return ret;
+}
+
+/* Like sql_fail, with what a failure means while opening: not ours, or not writable. */
+static int open_fail(struct catalog *cat, int rc, const char *what)
+{
+	int ret;
+
+	switch (rc & 0xff) {
+	case SQLITE_NOTADB:
+	case SQLITE_CORRUPT:
+		log_msg(LOG_ERR, "catalog %s: not a usable SQLite database (%s): %s", cat->path,
+			what, sqlite3_errmsg(cat->db));
+		ret = -EPROTO;
+		break;
+	case SQLITE_CANTOPEN:
+	case SQLITE_READONLY:
+	case SQLITE_PERM:
+	case SQLITE_AUTH:
+		ret = probe_unwritable(cat->path);
+		if (ret == 0)
+			ret = sqlite_to_errno(cat->db, rc);
+		log_msg(LOG_ERR, "catalog %s: cannot open for writing (%s): %s", cat->path, what,
+			strerror(-ret));
+		break;
+	default:
+		ret = sql_fail(cat, rc, what);
+		break;
+	}
+	return ret;
+}
+
+static int exec_sql(struct catalog *cat, const char *sql)
+{
+	int rc = sqlite3_exec(cat->db, sql, NULL, NULL, NULL);
+
+	return rc == SQLITE_OK ? 0 : open_fail(cat, rc, sql);
+}
+
+/* Reads the integer result of a one-row statement such as "PRAGMA user_version". */
+static int query_int(struct catalog *cat, const char *sql, int64_t *v)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, ret = 0;
+
+	rc = sqlite3_prepare_v2(cat->db, sql, -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*v = sqlite3_column_int64(st, 0);
+	else
+		ret = open_fail(cat, rc, sql);
+	sqlite3_finalize(st);
+	return ret;
+}
+
+/* Rejects SQLite files that are not meshfs catalogs or are newer than this build. */
+static int check_identity(struct catalog *cat, int64_t *version)
+{
+	int64_t app_id = 0, objects = 0;
+	int ret;
+
+	ret = query_int(cat, "PRAGMA user_version", version);
+	if (ret)
+		goto out;
+	ret = query_int(cat, "PRAGMA application_id", &app_id);
+	if (ret)
+		goto out;
+	ret = -EPROTO;
+	if (app_id != 0 && app_id != CATALOG_APP_ID) {
+		log_msg(LOG_ERR, "catalog %s: SQLite database of another application (id %#llx)",
+			cat->path, (unsigned long long)app_id);
+		goto out;
+	}
+	if (*version > CATALOG_SCHEMA_VERSION || *version < 0) {
+		log_msg(LOG_ERR,
+			"catalog %s: schema version %lld is newer than this meshfs understands "
+			"(%d); upgrade meshfs or move the catalog away",
+			cat->path, (long long)*version, CATALOG_SCHEMA_VERSION);
+		goto out;
+	}
+	ret = query_int(cat, "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
+			&objects);
+	if (ret)
+		goto out;
+	if (*version == 0 && objects > 0) {
+		log_msg(LOG_ERR, "catalog %s: SQLite database with tables but no catalog version",
+			cat->path);
+		ret = -EPROTO;
+		goto out;
+	}
+	ret = 0;
+out:
+	return ret;
+}
+
+/* Applies the missing migrations, each in its own transaction. */
+static int migrate(struct catalog *cat, int64_t *version)
+{
+	bool in_tx = false;
+	char bump[64];
+	int ret = 0;
+
+	for (size_t i = 0; i < sizeof(migrations) / sizeof(migrations[0]); i++) {
+		const struct migration *m = &migrations[i];
+		int64_t cur = 0;
+
+		if (*version >= m->version)
+			continue;
+		ret = exec_sql(cat, "BEGIN IMMEDIATE");
+		if (ret)
+			goto out;
+		in_tx = true;
+		/* Another process may have migrated while we waited for the write lock. */
+		ret = query_int(cat, "PRAGMA user_version", &cur);
+		if (ret)
+			goto out;
+		if (cur > CATALOG_SCHEMA_VERSION) {
+			log_msg(LOG_ERR, "catalog %s: migrated to version %lld by a newer meshfs",
+				cat->path, (long long)cur);
+			ret = -EPROTO;
+			goto out;
+		}
+		if (cur < m->version) {
+			ret = exec_sql(cat, m->sql);
+			if (ret)
+				goto out;
+			snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", m->version);
+			ret = exec_sql(cat, bump);
+			if (ret)
+				goto out;
+		}
+		ret = exec_sql(cat, "COMMIT");
+		if (ret)
+			goto out;
+		in_tx = false;
+		if (cur < m->version)
+			log_msg(LOG_INFO, "catalog %s: schema migrated to version %d", cat->path,
+				m->version);
+		*version = cur > m->version ? cur : m->version;
+	}
+out:
+	if (in_tx && !sqlite3_get_autocommit(cat->db))
+		sqlite3_exec(cat->db, "ROLLBACK", NULL, NULL, NULL);
+	return ret;
+}
+
+static int set_pragmas(struct catalog *cat)
+{
+	sqlite3_stmt *st = NULL;
+	const char *mode;
+	int rc, ret;
+
+	rc = sqlite3_prepare_v2(cat->db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		ret = open_fail(cat, rc, "PRAGMA journal_mode = WAL");
+		goto out;
+	}
+	mode = (const char *)sqlite3_column_text(st, 0);
+	/* Still crash-safe with a rollback journal, only readers then block the writer. An
+	 * in-memory catalog (":memory:", for tests) has no journal to speak of. */
+	if (!mode || (strcmp(mode, "wal") != 0 && strcmp(mode, "memory") != 0))
+		log_msg(LOG_WARNING, "catalog %s: WAL mode unavailable, journal mode is %s",
+			cat->path, mode ? mode : "unknown");
+	ret = exec_sql(cat, "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON");
+out:
+	sqlite3_finalize(st);
+	return ret;
+}
+
+int catalog_open(const char *path, struct catalog **out)
+{
+	pthread_mutexattr_t attr;
+	struct catalog *cat = NULL;
+	int64_t version = 0;
+	int rc, ret = -EINVAL;
+
+	if (!path || !*path || !out)
+		goto out;
+	ret = -ENOMEM;
+	cat = calloc(1, sizeof(*cat));
+	if (!cat)
+		goto out;
+	cat->path = strdup(path);
+	if (!cat->path) {
+		free(cat);
+		cat = NULL;
+		goto out;
+	}
+	pthread_mutexattr_init(&attr);
+	pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+	rc = pthread_mutex_init(&cat->lock, &attr);
+	pthread_mutexattr_destroy(&attr);
+	if (rc) {
+		ret = -rc;
+		free(cat->path);
+		free(cat);
+		cat = NULL;
+		goto out;
+	}
+
+	/* NOMUTEX: cat->lock already serialises every use of the connection. */
+	rc = sqlite3_open_v2(path, &cat->db,
+			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+			     NULL);
+	if (rc != SQLITE_OK) {
+		ret = open_fail(cat, rc, "open");
+		goto out;
+	}
+	/* SQLite silently falls back to read-only when the file is not writable. */
+	if (sqlite3_db_readonly(cat->db, "main") == 1) {
+		ret = open_fail(cat, SQLITE_READONLY, "open");
+		goto out;
+	}
+	sqlite3_busy_timeout(cat->db, CATALOG_BUSY_TIMEOUT_MS);
+	ret = check_identity(cat, &version);
+	if (ret)
+		goto out;
+	ret = set_pragmas(cat);
+	if (ret)
+		goto out;
+	ret = migrate(cat, &version);
+	if (ret)
+		goto out;
+	cat->version = (int)version;
+	log_msg(LOG_DEBUG, "catalog %s: open, schema version %d", path, cat->version);
+	*out = cat;
+	cat = NULL;
+out:
+	catalog_close(cat);
+	return ret;
+}
+
+void catalog_close(struct catalog *cat)
+{
+	int rc;
+
+	if (!cat)
+		return;
+	for (size_t i = 0; i < ST_COUNT; i++)
+		sqlite3_finalize(cat->stmts[i]);
+	rc = sqlite3_close(cat->db);
+	if (rc != SQLITE_OK)
+		log_msg(LOG_ERR, "catalog %s: close: %s", cat->path, sqlite3_errstr(rc));
+	pthread_mutex_destroy(&cat->lock);
+	free(cat->path);
+	free(cat);
+}
