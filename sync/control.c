@@ -41,6 +41,7 @@
 
 #include "sync/config.h"
 #include "sync/daemon.h"
+#include "sync/facade.h"
 #include "sync/log.h"
 #include "sync/status.h"
 #include "sync/util.h"
@@ -162,6 +163,7 @@ static const struct {
 } ctl_cmds[] = {
 	{ "status", cmd_status },
 	{ "health", cmd_health },
+	{ "sync", facade_sync },
 };
 
 static json_t *error_reply(const char *fmt, const char *arg)
