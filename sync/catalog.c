@@ -30,6 +30,7 @@
  * error-checking and such a call fails with -EDEADLK instead of hanging.
  */
 #include "sync/catalog.h"
+#include "sync/catalog_int.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -126,9 +127,7 @@ static const struct migration migrations[] = {
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == CATALOG_SCHEMA_VERSION,
 	       "one migration per schema version");
 
-#define ENTRY_COLS                                                                         \
-	"host, category, path, size, mtime_ns, hash, origin, seq, deleted, dev, ino, "      \
-	"ctime_ns, confirmed_at"
+#define ENTRY_COLS CATALOG_ENTRY_COLS
 
 enum stmt_id {
 	ST_BEGIN,
@@ -211,16 +210,8 @@ static const char *const stmt_sql[ST_COUNT] = {
 			"ON CONFLICT (key) DO UPDATE SET value = excluded.value",
 };
 
-struct catalog {
-	pthread_mutex_t lock;		/* error-checking; see the file header */
-	sqlite3 *db;			/* protected by lock */
-	sqlite3_stmt *stmts[ST_COUNT];	/* prepared on first use; protected by lock */
-	int version;			/* set by catalog_open, read-only afterwards */
-	char *path;			/* read-only, for messages */
-};
-
 /* Turns an SQLite result code into -errno, keeping the OS error when SQLite saw one. */
-static int sqlite_to_errno(sqlite3 *db, int rc)
+int catalog_sqlite_to_errno(sqlite3 *db, int rc)
 {
 	int sys = db ? sqlite3_system_errno(db) : 0;
 
@@ -259,14 +250,14 @@ static int sqlite_to_errno(sqlite3 *db, int rc)
 }
 
 /* Logs the failure of @what and returns it as -errno. */
-static int sql_fail(struct catalog *cat, int rc, const char *what)
+int catalog_sql_fail(struct catalog *cat, int rc, const char *what)
 {
 	log_msg(LOG_ERR, "catalog %s: %s: %s", cat->path, what,
 		cat->db ? sqlite3_errmsg(cat->db) : sqlite3_errstr(rc));
-	return sqlite_to_errno(cat->db, rc);
+	return catalog_sqlite_to_errno(cat->db, rc);
 }
 
-static int cat_lock(struct catalog *cat)
+int catalog_lock(struct catalog *cat)
 {
 	int r = pthread_mutex_lock(&cat->lock);
 
@@ -275,7 +266,7 @@ static int cat_lock(struct catalog *cat)
 	return -r;
 }
 
-static void cat_unlock(struct catalog *cat)
+void catalog_unlock(struct catalog *cat)
 {
 	pthread_mutex_unlock(&cat->lock);
 }
@@ -289,7 +280,7 @@ static int stmt_get(struct catalog *cat, enum stmt_id id, sqlite3_stmt **out)
 		rc = sqlite3_prepare_v3(cat->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
 					&cat->stmts[id], NULL);
 		if (rc != SQLITE_OK) {
-			ret = sql_fail(cat, rc, "prepare");
+			ret = catalog_sql_fail(cat, rc, "prepare");
 			goto out;
 		}
 	}
@@ -308,19 +299,19 @@ static void stmt_put(sqlite3_stmt *st)
 }
 
 /* Binders that do nothing once *rc holds an error, so a run of binds is checked once. */
-static void bind_text(sqlite3_stmt *st, int i, const char *s, int *rc)
+void catalog_bind_text(sqlite3_stmt *st, int i, const char *s, int *rc)
 {
 	if (*rc == SQLITE_OK)
 		*rc = sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
 }
 
-static void bind_int(sqlite3_stmt *st, int i, int64_t v, int *rc)
+void catalog_bind_int(sqlite3_stmt *st, int i, int64_t v, int *rc)
 {
 	if (*rc == SQLITE_OK)
 		*rc = sqlite3_bind_int64(st, i, v);
 }
 
-static void bind_hash(sqlite3_stmt *st, int i, const struct hash128 *h, int *rc)
+void catalog_bind_hash(sqlite3_stmt *st, int i, const struct hash128 *h, int *rc)
 {
 	uint8_t b[16];
 
@@ -330,14 +321,14 @@ static void bind_hash(sqlite3_stmt *st, int i, const struct hash128 *h, int *rc)
 }
 
 /* Steps a statement that returns no rows (or whose rows are not wanted) to completion. */
-static int stmt_run(struct catalog *cat, sqlite3_stmt *st)
+int catalog_stmt_run(struct catalog *cat, sqlite3_stmt *st)
 {
 	int rc;
 
 	do {
 		rc = sqlite3_step(st);
 	} while (rc == SQLITE_ROW);
-	return rc == SQLITE_DONE ? 0 : sql_fail(cat, rc, sqlite3_sql(st));
+	return rc == SQLITE_DONE ? 0 : catalog_sql_fail(cat, rc, sqlite3_sql(st));
 }
 
 static int run_cached(struct catalog *cat, enum stmt_id id)
@@ -347,40 +338,40 @@ static int run_cached(struct catalog *cat, enum stmt_id id)
 
 	ret = stmt_get(cat, id, &st);
 	if (ret == 0)
-		ret = stmt_run(cat, st);
+		ret = catalog_stmt_run(cat, st);
 	stmt_put(st);
 	return ret;
 }
 
-static int tx_begin(struct catalog *cat)
+int catalog_tx_begin(struct catalog *cat)
 {
 	return run_cached(cat, ST_BEGIN);
 }
 
-static int tx_commit(struct catalog *cat)
+int catalog_tx_commit(struct catalog *cat)
 {
 	return run_cached(cat, ST_COMMIT);
 }
 
 /* Undoes an open transaction, if SQLite has not already rolled it back itself. */
-static void tx_rollback(struct catalog *cat)
+void catalog_tx_rollback(struct catalog *cat)
 {
 	if (!sqlite3_get_autocommit(cat->db))
 		run_cached(cat, ST_ROLLBACK);
 }
 
-static bool valid_category(const char *category)
+bool catalog_valid_category(const char *category)
 {
 	return category && path_is_clean_relative(category) && !strchr(category, '/');
 }
 
-static bool valid_key(const char *host, const char *category, const char *path)
+bool catalog_valid_key(const char *host, const char *category, const char *path)
 {
-	return host && *host && valid_category(category) && path && path_is_clean_relative(path);
+	return host && *host && catalog_valid_category(category) && path && path_is_clean_relative(path);
 }
 
 /* Fills @e from the current row of a statement selecting ENTRY_COLS. */
-static int row_to_entry(sqlite3_stmt *st, struct cat_entry *e)
+int catalog_row_to_entry(sqlite3_stmt *st, struct cat_entry *e)
 {
 	const void *blob = sqlite3_column_blob(st, 5);
 	int ret = 0;
@@ -420,10 +411,10 @@ static int walk(struct catalog *cat, sqlite3_stmt *st,
 		if (rc == SQLITE_DONE)
 			break;
 		if (rc != SQLITE_ROW) {
-			ret = sql_fail(cat, rc, "walk entries");
+			ret = catalog_sql_fail(cat, rc, "walk entries");
 			break;
 		}
-		ret = row_to_entry(st, &e);
+		ret = catalog_row_to_entry(st, &e);
 		if (ret) {
 			log_msg(LOG_ERR, "catalog %s: malformed entry row", cat->path);
 			break;
@@ -436,7 +427,7 @@ static int walk(struct catalog *cat, sqlite3_stmt *st,
 }
 
 /* Hands out @host's next seq and records it in hosts.last_seq; call inside a transaction. */
-static int next_seq(struct catalog *cat, const char *host, int64_t *seq)
+int catalog_next_seq(struct catalog *cat, const char *host, int64_t *seq)
 {
 	sqlite3_stmt *st = NULL;
 	int rc = SQLITE_OK, ret;
@@ -444,15 +435,15 @@ static int next_seq(struct catalog *cat, const char *host, int64_t *seq)
 	ret = stmt_get(cat, ST_NEXT_SEQ, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, host, &rc);
+	catalog_bind_text(st, 1, host, &rc);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_step(st);
 	if (rc != SQLITE_ROW) {
-		ret = sql_fail(cat, rc, "next seq");
+		ret = catalog_sql_fail(cat, rc, "next seq");
 		goto out;
 	}
 	*seq = sqlite3_column_int64(st, 0);
-	ret = stmt_run(cat, st);
+	ret = catalog_stmt_run(cat, st);
 out:
 	stmt_put(st);
 	return ret;
@@ -467,26 +458,26 @@ static int upsert_entry(struct catalog *cat, const struct cat_entry *e, int64_t 
 	ret = stmt_get(cat, ST_ENTRY_UPSERT, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, e->host, &rc);
-	bind_text(st, 2, e->category, &rc);
-	bind_text(st, 3, e->path, &rc);
-	bind_int(st, 4, (int64_t)e->size, &rc);
-	bind_int(st, 5, e->mtime_ns, &rc);
-	bind_hash(st, 6, &e->hash, &rc);
-	bind_int(st, 7, seq, &rc);
+	catalog_bind_text(st, 1, e->host, &rc);
+	catalog_bind_text(st, 2, e->category, &rc);
+	catalog_bind_text(st, 3, e->path, &rc);
+	catalog_bind_int(st, 4, (int64_t)e->size, &rc);
+	catalog_bind_int(st, 5, e->mtime_ns, &rc);
+	catalog_bind_hash(st, 6, &e->hash, &rc);
+	catalog_bind_int(st, 7, seq, &rc);
 	/* dev and ino are stored as their bit pattern; they only ever compare for equality. */
-	bind_int(st, 8, (int64_t)e->dev, &rc);
-	bind_int(st, 9, (int64_t)e->ino, &rc);
-	bind_int(st, 10, e->ctime_ns, &rc);
-	bind_int(st, 11, confirmed_at, &rc);
+	catalog_bind_int(st, 8, (int64_t)e->dev, &rc);
+	catalog_bind_int(st, 9, (int64_t)e->ino, &rc);
+	catalog_bind_int(st, 10, e->ctime_ns, &rc);
+	catalog_bind_int(st, 11, confirmed_at, &rc);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_step(st);
 	if (rc != SQLITE_ROW) {
-		ret = sql_fail(cat, rc, "upsert entry");
+		ret = catalog_sql_fail(cat, rc, "upsert entry");
 		goto out;
 	}
 	*id = sqlite3_column_int64(st, 0);
-	ret = stmt_run(cat, st);
+	ret = catalog_stmt_run(cat, st);
 out:
 	stmt_put(st);
 	return ret;
@@ -500,8 +491,8 @@ static int clear_chunks(struct catalog *cat, int64_t id)
 	ret = stmt_get(cat, ST_CHUNKS_CLEAR, &st);
 	if (ret)
 		goto out;
-	bind_int(st, 1, id, &rc);
-	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+	catalog_bind_int(st, 1, id, &rc);
+	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
 out:
 	stmt_put(st);
 	return ret;
@@ -516,10 +507,10 @@ static int insert_chunks(struct catalog *cat, int64_t id, const struct hash128 *
 	for (size_t i = 0; ret == 0 && i < n; i++) {
 		int rc = SQLITE_OK;
 
-		bind_int(st, 1, id, &rc);
-		bind_int(st, 2, (int64_t)i, &rc);
-		bind_hash(st, 3, &chunks[i], &rc);
-		ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+		catalog_bind_int(st, 1, id, &rc);
+		catalog_bind_int(st, 2, (int64_t)i, &rc);
+		catalog_bind_hash(st, 3, &chunks[i], &rc);
+		ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
 		sqlite3_reset(st);
 	}
 	stmt_put(st);
@@ -533,7 +524,7 @@ int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
 	int64_t next = 0, id = 0, confirmed_at;
 	int ret = -EINVAL;
 
-	if (!e || !valid_key(e->host, e->category, e->path) || e->size > INT64_MAX)
+	if (!e || !catalog_valid_key(e->host, e->category, e->path) || e->size > INT64_MAX)
 		goto out;
 	/* The chunk list is served as the file's; it has to cover exactly its bytes. */
 	if (n_chunks != (e->size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE ||
@@ -545,15 +536,15 @@ int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
 	/* Publishing is the origin vouching for its file right now. */
 	confirmed_at = e->confirmed_at ? e->confirmed_at : now_s();
 
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
-	ret = tx_begin(cat);
+	ret = catalog_tx_begin(cat);
 	if (ret)
 		goto out;
 	in_tx = true;
-	ret = next_seq(cat, e->host, &next);
+	ret = catalog_next_seq(cat, e->host, &next);
 	if (ret)
 		goto out;
 	ret = upsert_entry(cat, e, next, confirmed_at, &id);
@@ -565,7 +556,7 @@ int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
 	ret = insert_chunks(cat, id, chunks, n_chunks);
 	if (ret)
 		goto out;
-	ret = tx_commit(cat);
+	ret = catalog_tx_commit(cat);
 	if (ret)
 		goto out;
 	in_tx = false;
@@ -573,9 +564,9 @@ int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
 		*seq = next;
 out:
 	if (in_tx)
-		tx_rollback(cat);
+		catalog_tx_rollback(cat);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -589,9 +580,9 @@ static int live_entry_id(struct catalog *cat, const char *host, const char *cate
 	ret = stmt_get(cat, ST_ENTRY_LIVE_ID, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, host, &rc);
-	bind_text(st, 2, category, &rc);
-	bind_text(st, 3, path, &rc);
+	catalog_bind_text(st, 1, host, &rc);
+	catalog_bind_text(st, 2, category, &rc);
+	catalog_bind_text(st, 3, path, &rc);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW)
@@ -599,7 +590,7 @@ static int live_entry_id(struct catalog *cat, const char *host, const char *cate
 	else if (rc == SQLITE_DONE)
 		ret = -ENOENT;
 	else
-		ret = sql_fail(cat, rc, "find entry");
+		ret = catalog_sql_fail(cat, rc, "find entry");
 out:
 	stmt_put(st);
 	return ret;
@@ -613,9 +604,9 @@ static int mark_deleted(struct catalog *cat, int64_t id, int64_t seq)
 	ret = stmt_get(cat, ST_ENTRY_MARK_DELETED, &st);
 	if (ret)
 		goto out;
-	bind_int(st, 1, id, &rc);
-	bind_int(st, 2, seq, &rc);
-	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+	catalog_bind_int(st, 1, id, &rc);
+	catalog_bind_int(st, 2, seq, &rc);
+	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
 out:
 	stmt_put(st);
 	return ret;
@@ -628,13 +619,13 @@ int catalog_delete_local(struct catalog *cat, const char *host, const char *cate
 	int64_t next = 0, id = 0;
 	int ret = -EINVAL;
 
-	if (!valid_key(host, category, path))
+	if (!catalog_valid_key(host, category, path))
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
-	ret = tx_begin(cat);
+	ret = catalog_tx_begin(cat);
 	if (ret)
 		goto out;
 	in_tx = true;
@@ -642,7 +633,7 @@ int catalog_delete_local(struct catalog *cat, const char *host, const char *cate
 	ret = live_entry_id(cat, host, category, path, &id);
 	if (ret)
 		goto out;
-	ret = next_seq(cat, host, &next);
+	ret = catalog_next_seq(cat, host, &next);
 	if (ret)
 		goto out;
 	ret = mark_deleted(cat, id, next);
@@ -651,7 +642,7 @@ int catalog_delete_local(struct catalog *cat, const char *host, const char *cate
 	ret = clear_chunks(cat, id);
 	if (ret)
 		goto out;
-	ret = tx_commit(cat);
+	ret = catalog_tx_commit(cat);
 	if (ret)
 		goto out;
 	in_tx = false;
@@ -659,9 +650,9 @@ int catalog_delete_local(struct catalog *cat, const char *host, const char *cate
 		*seq = next;
 out:
 	if (in_tx)
-		tx_rollback(cat);
+		catalog_tx_rollback(cat);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -674,24 +665,24 @@ int catalog_confirm(struct catalog *cat, const char *host, const char *category,
 
 	if (!host || !category || !path)
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
 	ret = stmt_get(cat, ST_CONFIRM, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, host, &rc);
-	bind_text(st, 2, category, &rc);
-	bind_text(st, 3, path, &rc);
-	bind_int(st, 4, confirmed_at, &rc);
-	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+	catalog_bind_text(st, 1, host, &rc);
+	catalog_bind_text(st, 2, category, &rc);
+	catalog_bind_text(st, 3, path, &rc);
+	catalog_bind_int(st, 4, confirmed_at, &rc);
+	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
 	if (ret == 0 && sqlite3_changes(cat->db) == 0)
 		ret = -ENOENT;
 out:
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -721,18 +712,18 @@ int catalog_get(struct catalog *cat, const char *host, const char *category, con
 
 	if (!host || !category || !path || !fn)
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
 	ret = stmt_get(cat, ST_GET, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, host, &rc);
-	bind_text(st, 2, category, &rc);
-	bind_text(st, 3, path, &rc);
+	catalog_bind_text(st, 1, host, &rc);
+	catalog_bind_text(st, 2, category, &rc);
+	catalog_bind_text(st, 3, path, &rc);
 	if (rc != SQLITE_OK) {
-		ret = sql_fail(cat, rc, "bind");
+		ret = catalog_sql_fail(cat, rc, "bind");
 		goto out;
 	}
 	ret = walk(cat, st, get_one, &ctx);
@@ -743,7 +734,7 @@ int catalog_get(struct catalog *cat, const char *host, const char *category, con
 out:
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -756,7 +747,7 @@ int catalog_foreach(struct catalog *cat, const char *host,
 
 	if (!fn)
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
@@ -764,16 +755,16 @@ int catalog_foreach(struct catalog *cat, const char *host,
 	if (ret)
 		goto out;
 	if (host)
-		bind_text(st, 1, host, &rc);
+		catalog_bind_text(st, 1, host, &rc);
 	if (rc != SQLITE_OK) {
-		ret = sql_fail(cat, rc, "bind");
+		ret = catalog_sql_fail(cat, rc, "bind");
 		goto out;
 	}
 	ret = walk(cat, st, fn, arg);
 out:
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -786,24 +777,24 @@ int catalog_changes(struct catalog *cat, const char *host, int64_t since,
 
 	if (!host || !fn)
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
 	ret = stmt_get(cat, ST_CHANGES, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, host, &rc);
-	bind_int(st, 2, since, &rc);
+	catalog_bind_text(st, 1, host, &rc);
+	catalog_bind_int(st, 2, since, &rc);
 	if (rc != SQLITE_OK) {
-		ret = sql_fail(cat, rc, "bind");
+		ret = catalog_sql_fail(cat, rc, "bind");
 		goto out;
 	}
 	ret = walk(cat, st, fn, arg);
 out:
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -818,16 +809,16 @@ int catalog_get_chunks(struct catalog *cat, const char *host, const char *catego
 
 	if (!host || !category || !path || !out || !n)
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
 	ret = stmt_get(cat, ST_CHUNKS_GET, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, host, &rc);
-	bind_text(st, 2, category, &rc);
-	bind_text(st, 3, path, &rc);
+	catalog_bind_text(st, 1, host, &rc);
+	catalog_bind_text(st, 2, category, &rc);
+	catalog_bind_text(st, 3, path, &rc);
 	while (rc == SQLITE_OK || rc == SQLITE_ROW) {
 		rc = sqlite3_step(st);
 		if (rc != SQLITE_ROW)
@@ -856,7 +847,7 @@ int catalog_get_chunks(struct catalog *cat, const char *host, const char *catego
 		hash_from_bytes(sqlite3_column_blob(st, 1), &arr[count++]);
 	}
 	if (rc != SQLITE_DONE) {
-		ret = sql_fail(cat, rc, "get chunks");
+		ret = catalog_sql_fail(cat, rc, "get chunks");
 		goto out;
 	}
 	if (!found) {
@@ -870,7 +861,7 @@ out:
 	free(arr);
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -881,7 +872,7 @@ static int query_row(struct catalog *cat, enum stmt_id id, const char *host, int
 	bool locked = false;
 	int rc = SQLITE_OK, ret;
 
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
@@ -889,11 +880,11 @@ static int query_row(struct catalog *cat, enum stmt_id id, const char *host, int
 	if (ret)
 		goto out;
 	if (host)
-		bind_text(st, 1, host, &rc);
+		catalog_bind_text(st, 1, host, &rc);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_step(st);
 	if (rc != SQLITE_ROW) {
-		ret = sql_fail(cat, rc, sqlite3_sql(st));
+		ret = catalog_sql_fail(cat, rc, sqlite3_sql(st));
 		goto out;
 	}
 	*a = sqlite3_column_int64(st, 0);
@@ -902,7 +893,7 @@ static int query_row(struct catalog *cat, enum stmt_id id, const char *host, int
 out:
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -939,7 +930,7 @@ int catalog_totals(struct catalog *cat, const char *host, uint64_t *files, uint6
 /* Pins may name a file, a directory, or with path "" the whole category. */
 static bool valid_pin_key(const char *category, const char *path)
 {
-	return valid_category(category) && path && (!*path || path_is_clean_relative(path));
+	return catalog_valid_category(category) && path && (!*path || path_is_clean_relative(path));
 }
 
 int catalog_set_pin(struct catalog *cat, const char *category, const char *path, bool pinned)
@@ -950,20 +941,20 @@ int catalog_set_pin(struct catalog *cat, const char *category, const char *path,
 
 	if (!valid_pin_key(category, path))
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
 	ret = stmt_get(cat, pinned ? ST_PIN_SET : ST_PIN_CLEAR, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, category, &rc);
-	bind_text(st, 2, path, &rc);
-	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+	catalog_bind_text(st, 1, category, &rc);
+	catalog_bind_text(st, 2, path, &rc);
+	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
 out:
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -975,15 +966,15 @@ int catalog_get_pin(struct catalog *cat, const char *category, const char *path,
 
 	if (!category || !path || !pinned)
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
 	ret = stmt_get(cat, ST_PIN_GET, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, category, &rc);
-	bind_text(st, 2, path, &rc);
+	catalog_bind_text(st, 1, category, &rc);
+	catalog_bind_text(st, 2, path, &rc);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW)
@@ -991,11 +982,11 @@ int catalog_get_pin(struct catalog *cat, const char *category, const char *path,
 	else if (rc == SQLITE_DONE)
 		*pinned = false;
 	else
-		ret = sql_fail(cat, rc, "get pin");
+		ret = catalog_sql_fail(cat, rc, "get pin");
 out:
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -1008,14 +999,14 @@ int catalog_meta_get(struct catalog *cat, const char *key, char **value)
 
 	if (!key || !value)
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
 	ret = stmt_get(cat, ST_META_GET, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, key, &rc);
+	catalog_bind_text(st, 1, key, &rc);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
@@ -1029,12 +1020,12 @@ int catalog_meta_get(struct catalog *cat, const char *key, char **value)
 	} else if (rc == SQLITE_DONE) {
 		ret = -ENOENT;
 	} else {
-		ret = sql_fail(cat, rc, "meta get");
+		ret = catalog_sql_fail(cat, rc, "meta get");
 	}
 out:
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -1046,20 +1037,20 @@ int catalog_meta_set(struct catalog *cat, const char *key, const char *value)
 
 	if (!key || !*key || !value)
 		goto out;
-	ret = cat_lock(cat);
+	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
 	locked = true;
 	ret = stmt_get(cat, ST_META_SET, &st);
 	if (ret)
 		goto out;
-	bind_text(st, 1, key, &rc);
-	bind_text(st, 2, value, &rc);
-	ret = rc == SQLITE_OK ? stmt_run(cat, st) : sql_fail(cat, rc, "bind");
+	catalog_bind_text(st, 1, key, &rc);
+	catalog_bind_text(st, 2, value, &rc);
+	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
 out:
 	stmt_put(st);
 	if (locked)
-		cat_unlock(cat);
+		catalog_unlock(cat);
 	return ret;
 }
 
@@ -1115,12 +1106,12 @@ static int open_fail(struct catalog *cat, int rc, const char *what)
 	case SQLITE_AUTH:
 		ret = probe_unwritable(cat->path);
 		if (ret == 0)
-			ret = sqlite_to_errno(cat->db, rc);
+			ret = catalog_sqlite_to_errno(cat->db, rc);
 		log_msg(LOG_ERR, "catalog %s: cannot open for writing (%s): %s", cat->path, what,
 			strerror(-ret));
 		break;
 	default:
-		ret = sql_fail(cat, rc, what);
+		ret = catalog_sql_fail(cat, rc, what);
 		break;
 	}
 	return ret;
@@ -1276,7 +1267,7 @@ int catalog_open(const char *path, struct catalog **out)
 	if (!path || !*path || !out)
 		goto out;
 	ret = -ENOMEM;
-	cat = calloc(1, sizeof(*cat));
+	cat = calloc(1, sizeof(*cat) + ST_COUNT * sizeof(cat->stmts[0]));
 	if (!cat)
 		goto out;
 	cat->path = strdup(path);
