@@ -117,4 +117,42 @@ int catalog_get_pin(struct catalog *cat, const char *category, const char *path,
 int catalog_meta_get(struct catalog *cat, const char *key, char **value);
 int catalog_meta_set(struct catalog *cat, const char *key, const char *value);
 
+/* ---- serving this node's manifest (catalog.c) ---- */
+
+/*
+ * Like catalog_changes() but stops after @limit entries, so a manifest can be sent in pages
+ * without holding the catalog across network writes. Returns 0, or what @fn returned.
+ */
+int catalog_changes_page(struct catalog *cat, const char *host, int64_t since, size_t limit,
+			 int (*fn)(void *arg, const struct cat_entry *e), void *arg);
+
+/* ---- other hosts' manifests (catalog_peers.c) ---- */
+
+/*
+ * Where this node is in @host's manifest: the last seq applied (0 = never pulled) and the
+ * unix time of the last successful pull (0 = never). A host never seen gives 0 and 0.
+ */
+int catalog_host_get(struct catalog *cat, const char *host, int64_t *last_seq,
+		     int64_t *last_seen);
+
+/*
+ * Applies @n entries of @host's manifest in one transaction: a live entry is inserted or
+ * replaces the one at (host, category, path) (its chunks are dropped: they belong to the old
+ * version), a deleted one marks it deleted. Then the host's position becomes @last_seq and its
+ * last_seen @seen. Every entry must have e->host equal to @host, a clean path, and seq <=
+ * @last_seq; otherwise nothing is applied and -EINVAL is returned. @n may be 0 (only the
+ * position and last_seen move).
+ */
+int catalog_apply_remote(struct catalog *cat, const char *host, const struct cat_entry *entries,
+			 size_t n, int64_t last_seq, int64_t seen);
+
+/* Forgets every entry of @host and sets its position back to 0, in one transaction (used when
+ * the host's seq went backwards: it has a new catalog). */
+int catalog_reset_host(struct catalog *cat, const char *host);
+
+/* Calls @fn for every live entry of any host other than @self_host (at start, to rebuild the
+ * namespace's view of the cluster). */
+int catalog_foreach_remote(struct catalog *cat, const char *self_host,
+			   int (*fn)(void *arg, const struct cat_entry *e), void *arg);
+
 #endif

@@ -1,0 +1,85 @@
+/*
+ * peers — what this node knows of the other hosts: their manifests and their health.
+ *
+ * A thread ("meshfs-peers") pulls every active host's manifest incrementally
+ * (GET /v1/manifest?since=<last seq applied>, see docs/protocol.md) on a short interval and at
+ * once when peers_notify() is called (a peer's POST /v1/notify). The response is parsed while it
+ * streams (libcurl write callback, one JSON line at a time), every entry is validated (known
+ * category, clean path, sane size, hash format) and a bad one is skipped with a log line naming
+ * the host; valid entries are applied to the catalog in batches, each batch one transaction that
+ * also moves the host's position, and reported through struct peers_ops. An unchanged host costs
+ * one small request. A host whose seq went backwards (a new catalog there) is reset.
+ *
+ * Per host it keeps: state (up / degraded / down), last successful contact, consecutive
+ * failures, error count, last error, and the throughput measured by fetches
+ * (peers_record_transfer), which the fetcher uses to weigh sources.
+ *
+ * Requests carry "Authorization: Bearer <token>" when the config has a token, and have
+ * connect and low-speed timeouts, so a dead or stalled peer costs seconds, never a hang.
+ */
+#ifndef MESHFS_PEERS_H
+#define MESHFS_PEERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sync/catalog.h"
+#include "sync/config.h"
+
+struct peers;
+
+/* Called on the peers thread, with no peers lock held. host_idx indexes cfg->hosts. */
+struct peers_ops {
+	void (*remote_put)(void *arg, size_t host_idx, size_t cat_idx, const struct cat_entry *e);
+	void (*remote_delete)(void *arg, size_t host_idx, size_t cat_idx, const char *path);
+	/* Every entry of the host is gone (it was reset). */
+	void (*host_reset)(void *arg, size_t host_idx);
+};
+
+enum peer_state {
+	PEER_UNKNOWN,	/* never contacted yet */
+	PEER_UP,
+	PEER_DEGRADED,	/* answered, but recent requests failed */
+	PEER_DOWN,
+};
+
+struct peer_status {
+	enum peer_state state;
+	int64_t last_seen;		/* unix seconds of the last successful request; 0 = never */
+	int64_t last_seq;		/* position in its manifest */
+	uint64_t errors;		/* failed requests since start */
+	uint32_t consecutive_failures;
+	double throughput_bps;		/* bytes/s measured by fetches; 0 = unknown */
+	char last_error[256];
+};
+
+/*
+ * Starts the thread for @cfg (this node = cfg->self; every other active host with an address
+ * is pulled every @interval_ms, 0 = default 2000). Returns 0 and *out, or -errno.
+ */
+int peers_start(const struct mfs_config *cfg, struct catalog *cat, const struct peers_ops *ops,
+		void *arg, int interval_ms, struct peers **out);
+void peers_stop(struct peers *p);
+
+/* Pull @host's manifest now (NULL: every host). Asynchronous. */
+void peers_notify(struct peers *p, const char *host);
+
+/* Tell every active peer that this node has published up to @seq (POST /v1/notify), in the
+ * background. */
+void peers_announce(struct peers *p, int64_t seq);
+
+/* A snapshot of what is known of host @host_idx. */
+void peers_status(struct peers *p, size_t host_idx, struct peer_status *out);
+
+/* A fetch from @host_idx moved @bytes in @ns nanoseconds, or failed with @err (-errno). */
+void peers_record_transfer(struct peers *p, size_t host_idx, uint64_t bytes, int64_t ns,
+			   int err);
+
+/* "http://address:port" of host @host_idx into @buf; -ENOENT if it has no address. */
+int peers_base_url(const struct mfs_config *cfg, size_t host_idx, char *buf, size_t size);
+
+/* Waits until every active host has been pulled once (or failed), at most @timeout_ms. */
+int peers_wait_first_pull(struct peers *p, int timeout_ms);
+
+#endif
