@@ -25,6 +25,7 @@
 
 #include "fs/fs.h"
 #include "sync/daemon.h"
+#include "sync/fetch.h"
 #include "sync/log.h"
 #include "sync/namespace.h"
 #include "sync/xattrs.h"
@@ -52,13 +53,21 @@ struct fs_ctx {
 	struct inval_job *inval_head, *inval_tail;
 	size_t inval_len;
 	bool inval_stop;
+
+	/* Open handles, so that fstat() of an unlinked open file can be answered (the kernel
+	 * sends GETATTR without a file handle for it). */
+	pthread_mutex_t open_lock;
+	struct fs_handle *open_list; /* protected by open_lock */
 };
 
 /* One open file. */
 struct fs_handle {
-	int fd;
+	int fd;				/* -1 for data fetched from other hosts */
+	struct fetch_file *ff;		/* that data */
+	uint64_t ino;
 	bool writable;
 	bool wrote; /* protected by nothing: set by writes, read at release after they end */
+	struct fs_handle *prev, *next; /* in fs->open_list, protected by fs->open_lock */
 };
 
 static struct fs_ctx *fs_of(fuse_req_t req)
@@ -213,15 +222,57 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
+static void handle_track(struct fs_ctx *fs, struct fs_handle *h)
+{
+	pthread_mutex_lock(&fs->open_lock);
+	h->prev = NULL;
+	h->next = fs->open_list;
+	if (fs->open_list)
+		fs->open_list->prev = h;
+	fs->open_list = h;
+	pthread_mutex_unlock(&fs->open_lock);
+}
+
+static void handle_untrack(struct fs_ctx *fs, struct fs_handle *h)
+{
+	pthread_mutex_lock(&fs->open_lock);
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		fs->open_list = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	pthread_mutex_unlock(&fs->open_lock);
+}
+
+/* fstat of @fi's fd, or of any open handle of @ino. -ENOENT if none is open. */
+static int fstat_open_handle(struct fs_ctx *fs, uint64_t ino, struct fuse_file_info *fi,
+			     struct stat *st)
+{
+	int ret = -ENOENT;
+
+	if (fi && handle_of(fi) && handle_of(fi)->fd >= 0)
+		return fstat(handle_of(fi)->fd, st) < 0 ? -errno : 0;
+	pthread_mutex_lock(&fs->open_lock);
+	for (struct fs_handle *h = fs->open_list; h; h = h->next) {
+		if (h->ino == ino && h->fd >= 0) {
+			ret = fstat(h->fd, st) < 0 ? -errno : 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&fs->open_lock);
+	return ret;
+}
+
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct stat st;
 	int ret;
 
 	ret = ns_getattr(ns_of(req), ino, &st);
-	/* An open file that was unlinked or renamed meanwhile still answers from its fd. */
-	if (ret == -ENOENT && fi && handle_of(fi))
-		ret = fstat(handle_of(fi)->fd, &st) < 0 ? -errno : 0;
+	/* An open file that was unlinked meanwhile still answers from an fd open on it. */
+	if (ret == -ENOENT)
+		ret = fstat_open_handle(fs_of(req), ino, fi, &st);
 	if (ret < 0)
 		fuse_reply_err(req, -ret);
 	else
@@ -314,10 +365,14 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	struct ns_entry e;
 	int ret = ns_link(ns_of(req), ino, newparent, newname, &e);
 
-	if (ret < 0)
+	if (ret < 0) {
 		fuse_reply_err(req, -ret);
-	else
-		reply_entry(req, &e);
+		return;
+	}
+	reply_entry(req, &e);
+	/* The new name is a node of its own, so the kernel does not see the old name's link
+	 * count change: drop its cached attributes, after the reply, so they are asked again. */
+	fs_invalidate(fs_of(req), 0, NULL, ino);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -336,7 +391,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	fuse_reply_err(req, -ns_rename(ns_of(req), parent, name, newparent, newname, flags));
 }
 
-static void reply_open(fuse_req_t req, struct fuse_file_info *fi, int fd, bool keep_cache)
+static void reply_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, int fd,
+		       bool keep_cache)
 {
 	struct fs_handle *h = calloc(1, sizeof(*h));
 
@@ -346,32 +402,61 @@ static void reply_open(fuse_req_t req, struct fuse_file_info *fi, int fd, bool k
 		return;
 	}
 	h->fd = fd;
+	h->ino = ino;
 	h->writable = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
 	h->wrote = (fi->flags & O_TRUNC) != 0;
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->keep_cache = keep_cache;
 	fi->noflush = !h->writable;
+	handle_track(fs_of(req), h);
+}
+
+static void handle_free(fuse_req_t req, struct fs_handle *h)
+{
+	handle_untrack(fs_of(req), h);
+	if (h->fd >= 0)
+		close(h->fd);
+	fetch_close(h->ff);
+	free(h);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct fetch_file *ff = NULL;
+	struct ns_remote *remote;
 	bool keep_cache = false;
 	int fd = -1, ret;
 
-	ret = ns_open(ns_of(req), ino, fi->flags, &fd, &keep_cache);
-	if (ret < 0) {
-		fuse_reply_err(req, -ret);
+	/* struct ns_remote carries a PATH_MAX path: keep it off the FUSE thread's stack. */
+	remote = malloc(sizeof(*remote));
+	if (!remote) {
+		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	reply_open(req, fi, fd, keep_cache);
-	if (!fi->fh)
+	ret = ns_open(ns_of(req), ino, fi->flags, &fd, &keep_cache, remote);
+	if (ret == -EREMOTE) {
+		/* Another host's version: reads come through the fetcher, for this version
+		 * only, whatever is published later. The kernel's cached pages are dropped when
+		 * the shown version changes, so they can be kept across opens. */
+		ret = fs_of(req)->d->fetch ? fetch_open(fs_of(req)->d->fetch, remote, &ff) : -EIO;
+		keep_cache = true;
+	}
+	free(remote);
+	if (ret < 0) {
+		fuse_reply_err(req, -ret == EREMOTE ? EIO : -ret);
 		return;
+	}
+	reply_open(req, ino, fi, fd, keep_cache);
+	if (!fi->fh) {
+		fetch_close(ff);
+		return;
+	}
+	handle_of(fi)->ff = ff;
 	if (fuse_reply_open(req, fi) == -ENOENT) {
 		struct fs_handle *h = handle_of(fi);
 
 		ns_release(ns_of(req), ino, h->writable, false);
-		close(h->fd);
-		free(h);
+		handle_free(req, h);
 	}
 }
 
@@ -388,7 +473,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		fuse_reply_err(req, -ret);
 		return;
 	}
-	reply_open(req, fi, fd, false);
+	reply_open(req, e.ino, fi, fd, false);
 	if (!fi->fh) {
 		ns_forget(ns_of(req), e.ino, 1);
 		return;
@@ -405,20 +490,47 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 		ns_release(ns_of(req), e.ino, h->writable, true);
 		ns_forget(ns_of(req), e.ino, 1);
-		close(h->fd);
-		free(h);
+		handle_free(req, h);
 	}
+}
+
+static void reply_from_fd(fuse_req_t req, int fd, off_t off, size_t size)
+{
+	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+
+	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	buf.buf[0].fd = fd;
+	buf.buf[0].pos = off;
+	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+/* A parked read is answered, on the fetch thread. */
+static void read_done(void *cookie, int err, int fd, uint64_t off, size_t len)
+{
+	fuse_req_t req = cookie;
+
+	if (err < 0)
+		fuse_reply_err(req, EIO); /* the detail is in user.meshfs.last_error */
+	else
+		reply_from_fd(req, fd, (off_t)off, len);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
-	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+	struct fs_handle *h = handle_of(fi);
+	int fd = -1, ret;
 
-	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	buf.buf[0].fd = handle_of(fi)->fd;
-	buf.buf[0].pos = off;
-	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+	if (!h->ff) {
+		reply_from_fd(req, h->fd, off, size);
+		return;
+	}
+	ret = fetch_read(h->ff, (uint64_t)off, size, read_done, req, &fd);
+	if (ret == 0)
+		reply_from_fd(req, fd, off, size);
+	else if (ret != -EINPROGRESS)
+		fuse_reply_err(req, EIO);
+	/* -EINPROGRESS: parked; read_done answers it. */
 }
 
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
@@ -444,7 +556,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	/* close() of a duplicate makes network filesystems (passthrough on NFS) report
 	 * write-back errors here, where the application's close() can see them. */
-	int fd = dup(handle_of(fi)->fd);
+	int fd = handle_of(fi)->fd >= 0 ? dup(handle_of(fi)->fd) : -1;
 
 	fuse_reply_err(req, fd >= 0 && close(fd) < 0 ? errno : 0);
 }
@@ -452,17 +564,17 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs_handle *h = handle_of(fi);
+	bool writable = h->writable, wrote = h->wrote;
 
-	close(h->fd);
-	ns_release(ns_of(req), ino, h->writable, h->wrote);
-	free(h);
+	handle_free(req, h);
+	ns_release(ns_of(req), ino, writable, wrote);
 	fuse_reply_err(req, 0);
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	int fd = handle_of(fi)->fd;
-	int ret = datasync ? fdatasync(fd) : fsync(fd);
+	int ret = fd < 0 ? 0 : datasync ? fdatasync(fd) : fsync(fd);
 
 	fuse_reply_err(req, ret < 0 ? errno : 0);
 }
@@ -632,6 +744,7 @@ int fs_new(struct daemon *d, const char *fuse_opts, struct fs_ctx **out)
 	fs->d = d;
 	pthread_mutex_init(&fs->inval_lock, NULL);
 	pthread_cond_init(&fs->inval_cond, NULL);
+	pthread_mutex_init(&fs->open_lock, NULL);
 	snprintf(opts, sizeof(opts), "allow_other,default_permissions,fsname=meshfs:%s,"
 		 "subtype=meshfs%s%s", d->cfg->node, fuse_opts && *fuse_opts ? "," : "",
 		 fuse_opts ? fuse_opts : "");
@@ -718,5 +831,6 @@ void fs_destroy(struct fs_ctx *fs)
 	}
 	pthread_mutex_destroy(&fs->inval_lock);
 	pthread_cond_destroy(&fs->inval_cond);
+	pthread_mutex_destroy(&fs->open_lock);
 	free(fs);
 }

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -40,11 +41,13 @@ static void usage(FILE *out)
 /* Unmounts a dead FUSE mount at @mnt. 0 when @mnt is usable afterwards. */
 static int clean_stale_mount(const char *mnt)
 {
-	struct stat st;
+	struct statvfs sv;
 	pid_t pid;
 	int status;
 
-	if (stat(mnt, &st) == 0 || errno != ENOTCONN)
+	/* statvfs always asks the filesystem: stat could be answered from the kernel's
+	 * attribute cache of the dead mount and look healthy. */
+	if (statvfs(mnt, &sv) == 0 || errno != ENOTCONN)
 		return 0;
 	log_msg(LOG_WARNING, "%s: cleaning up the mount of a daemon that is gone", mnt);
 	if (umount2(mnt, MNT_DETACH) == 0)
@@ -131,6 +134,7 @@ out:
 	}
 	if (ready_fd >= 0)
 		close(ready_fd);
+	daemon_stop_fetch(d);
 	fs_destroy(fs);
 	daemon_stop(d);
 	return ret < 0 ? 1 : 0;

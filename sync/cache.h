@@ -16,8 +16,9 @@
  * is never in the cache, so it is never evicted.
  *
  * Threads: every call may come from any thread. cache->lock protects the table of versions and
- * the usage counters; each struct cache_file has its own mutex for its bitmap. No lock is held
- * across a catalog call or file I/O of chunk size.
+ * the usage counters; each struct cache_file has its own mutex for its bitmap. Only
+ * cache->persist_lock is held across this module's catalog writes, to keep them in the order
+ * memory changed; no lock is held across file I/O of chunk size.
  */
 #ifndef MESHFS_CACHE_H
 #define MESHFS_CACHE_H

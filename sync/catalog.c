@@ -114,6 +114,17 @@ static const char schema_v2[] =
 	"  last_error TEXT);"
 	"CREATE INDEX queue_pick ON queue (state, priority DESC, id);";
 
+/*
+ * Version 3: the cache (sync/cache.c) keeps a version's size and its chunk hashes (16 bytes
+ * each, hash_to_bytes form, in chunk order) beside the present bitmap, so a partial copy can be
+ * resumed and re-verified after a restart without the entries of the host it came from (which
+ * may have moved on). Rows of one version are updated together, by hash.
+ */
+static const char schema_v3[] =
+	"ALTER TABLE local ADD COLUMN size INTEGER CHECK (size IS NULL OR size >= 0);"
+	"ALTER TABLE local ADD COLUMN chunks BLOB;"
+	"CREATE INDEX local_hash ON local (hash);";
+
 struct migration {
 	int version; /* user_version after this step */
 	const char *sql;
@@ -122,6 +133,7 @@ struct migration {
 static const struct migration migrations[] = {
 	{ 1, schema_v1 },
 	{ 2, schema_v2 },
+	{ 3, schema_v3 },
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == CATALOG_SCHEMA_VERSION,
@@ -144,6 +156,7 @@ enum stmt_id {
 	ST_FOREACH_HOST,
 	ST_FOREACH_ALL,
 	ST_CHANGES,
+	ST_CHANGES_PAGE,
 	ST_CHUNKS_GET,
 	ST_MAX_SEQ,
 	ST_TOTALS_HOST,
@@ -190,6 +203,9 @@ static const char *const stmt_sql[ST_COUNT] = {
 			   "WHERE deleted = 0 ORDER BY seq, host",
 	[ST_CHANGES] = "SELECT " ENTRY_COLS " FROM entries "
 		       "WHERE host = ?1 AND seq > ?2 ORDER BY seq",
+	/* Served by the (host, seq) index: a page costs its rows, not the size of the table. */
+	[ST_CHANGES_PAGE] = "SELECT " ENTRY_COLS " FROM entries "
+			    "WHERE host = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
 	/* One statement, one snapshot: the entry and its chunks cannot come from two commits. */
 	[ST_CHUNKS_GET] = "SELECT c.idx, c.hash FROM entries e "
 			  "LEFT JOIN chunks c ON c.entry_id = e.id "
@@ -786,6 +802,37 @@ int catalog_changes(struct catalog *cat, const char *host, int64_t since,
 		goto out;
 	catalog_bind_text(st, 1, host, &rc);
 	catalog_bind_int(st, 2, since, &rc);
+	if (rc != SQLITE_OK) {
+		ret = catalog_sql_fail(cat, rc, "bind");
+		goto out;
+	}
+	ret = walk(cat, st, fn, arg);
+out:
+	stmt_put(st);
+	if (locked)
+		catalog_unlock(cat);
+	return ret;
+}
+
+int catalog_changes_page(struct catalog *cat, const char *host, int64_t since, size_t limit,
+			 int (*fn)(void *arg, const struct cat_entry *e), void *arg)
+{
+	sqlite3_stmt *st = NULL;
+	bool locked = false;
+	int rc = SQLITE_OK, ret = -EINVAL;
+
+	if (!host || !fn || limit == 0 || limit > INT64_MAX)
+		goto out;
+	ret = catalog_lock(cat);
+	if (ret)
+		goto out;
+	locked = true;
+	ret = stmt_get(cat, ST_CHANGES_PAGE, &st);
+	if (ret)
+		goto out;
+	catalog_bind_text(st, 1, host, &rc);
+	catalog_bind_int(st, 2, since, &rc);
+	catalog_bind_int(st, 3, (int64_t)limit, &rc);
 	if (rc != SQLITE_OK) {
 		ret = catalog_sql_fail(cat, rc, "bind");
 		goto out;

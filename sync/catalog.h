@@ -26,7 +26,7 @@
 
 #include "sync/hash.h"
 
-#define CATALOG_SCHEMA_VERSION 2
+#define CATALOG_SCHEMA_VERSION 3
 
 struct catalog;
 
@@ -154,5 +154,76 @@ int catalog_reset_host(struct catalog *cat, const char *host);
  * namespace's view of the cluster). */
 int catalog_foreach_remote(struct catalog *cat, const char *self_host,
 			   int (*fn)(void *arg, const struct cat_entry *e), void *arg);
+
+/* ---- this node's cache (catalog_cache.c) ---- */
+
+/*
+ * One row of table `local`: what this node holds of (category, path), its pin and its last
+ * fetch error. Strings and arrays are borrowed: in callbacks they live until the callback
+ * returns; as inputs they are copied.
+ */
+struct cat_local {
+	const char *category;
+	const char *path;		/* "" or a directory for pins */
+	bool has_version;		/* a copy (partial or complete) of @hash is recorded */
+	struct hash128 hash;
+	uint64_t size;
+	const uint8_t *present;		/* chunk bitmap: bit i in byte i / 8, LSB first */
+	size_t present_len;		/* bytes of @present (may be short: missing bits are 0) */
+	const struct hash128 *chunks;	/* the version's chunk hashes; NULL when not known */
+	size_t n_chunks;
+	uint64_t cached_bytes;
+	int64_t synced_at;		/* unix seconds the copy was completed; 0 = not complete */
+	int64_t last_access;		/* unix seconds; 0 = never */
+	bool pinned;
+	const char *last_error;		/* NULL if none */
+};
+
+/* Calls @fn for every row of `local`. A non-zero return from @fn stops the walk and is
+ * returned. A row with a malformed version (bad hash, no size) comes with has_version false. */
+int catalog_local_foreach(struct catalog *cat, int (*fn)(void *arg, const struct cat_local *l),
+			  void *arg);
+
+/* Records version @l->hash (size, bitmap, chunks, cached_bytes, synced_at, last_access) for
+ * (@l->category, @l->path), creating the row if needed; its pin and last_error are kept. */
+int catalog_local_put(struct catalog *cat, const struct cat_local *l);
+
+/*
+ * For every row holding version @hash: the bitmap, cached bytes and synced_at (0 = not
+ * complete); and unless @error is NULL its last_error ("" clears it).
+ */
+int catalog_local_set_present(struct catalog *cat, const struct hash128 *hash,
+			      const uint8_t *present, size_t present_len, uint64_t cached_bytes,
+			      int64_t synced_at, const char *error);
+
+/* The chunk hashes of version @hash (every row holding it). */
+int catalog_local_set_chunks(struct catalog *cat, const struct hash128 *hash,
+			     const struct hash128 *chunks, size_t n);
+
+/* Moves last_access of version @hash forward to @when (never back). */
+int catalog_local_touch(struct catalog *cat, const struct hash128 *hash, int64_t when);
+
+/*
+ * Forgets the copy of version @hash (every row), or with @hash NULL the copy recorded at
+ * (@category, @path). Rows left with neither a pin nor an error are deleted, in the same
+ * transaction.
+ */
+int catalog_local_drop(struct catalog *cat, const struct hash128 *hash, const char *category,
+		       const char *path);
+
+/* Sets (NULL or "" clears) the last fetch error of (category, path); a row that then records
+ * nothing is deleted. */
+int catalog_local_set_error(struct catalog *cat, const char *category, const char *path,
+			    const char *msg);
+
+/* Deletes rows that record nothing (no copy, no pin, no error): (category, path) only, or
+ * every such row when @category is NULL. */
+int catalog_local_prune(struct catalog *cat, const char *category, const char *path);
+
+/*
+ * catalog_meta_set() that is durable on return, with every commit before it (one commit with
+ * synchronous = FULL). For markers that must survive a power cut.
+ */
+int catalog_meta_set_durable(struct catalog *cat, const char *key, const char *value);
 
 #endif

@@ -15,8 +15,11 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "sync/cache.h"
 #include "sync/control.h"
 #include "sync/dataserver.h"
+#include "sync/fetch.h"
+#include "sync/peers.h"
 #include "sync/log.h"
 #include "sync/util.h"
 
@@ -72,13 +75,18 @@ static void ix_published(void *arg, size_t cat, const struct cat_entry *e)
 	if (ret < 0)
 		log_msg(LOG_WARNING, "namespace: cannot show %s/%s: %s",
 			d->cfg->categories[cat].name, e->path, strerror(-ret));
+	if (d->peers)
+		peers_announce(d->peers, e->seq);
 }
 
 static void ix_deleted(void *arg, size_t cat, const char *path)
 {
 	struct daemon *d = arg;
+	int64_t seq = 0;
 
 	ns_remove_file(d->ns, cat, path);
+	if (d->peers && catalog_max_seq(d->catalog, d->cfg->node, &seq) == 0)
+		peers_announce(d->peers, seq);
 }
 
 static void ix_dir_seen(void *arg, size_t cat, const char *path)
@@ -94,6 +102,39 @@ static void ix_dir_gone(void *arg, size_t cat, const char *path)
 
 	ns_remove_dir(d->ns, cat, path);
 }
+
+/* ---- peers -> namespace ---- */
+
+static void peer_put(void *arg, size_t host, size_t cat, const struct cat_entry *e)
+{
+	struct daemon *d = arg;
+	int ret = ns_put_version(d->ns, host, cat, e);
+
+	if (ret < 0)
+		log_msg(LOG_WARNING, "namespace: cannot show %s/%s of %s: %s",
+			d->cfg->categories[cat].name, e->path, d->cfg->hosts[host].name,
+			strerror(-ret));
+}
+
+static void peer_delete(void *arg, size_t host, size_t cat, const char *path)
+{
+	struct daemon *d = arg;
+
+	ns_remove_version(d->ns, host, cat, path);
+}
+
+static void peer_reset(void *arg, size_t host)
+{
+	struct daemon *d = arg;
+
+	ns_remove_host(d->ns, host);
+}
+
+static const struct peers_ops daemon_peers_ops = {
+	.remote_put = peer_put,
+	.remote_delete = peer_delete,
+	.host_reset = peer_reset,
+};
 
 static const struct indexer_ops daemon_ix_ops = {
 	.published = ix_published,
@@ -210,6 +251,11 @@ int daemon_start(const struct mfs_config *cfg, int lock_fd, struct daemon **out,
 	ret = check_catalog_owner(d, err, errlen);
 	if (ret < 0)
 		goto fail;
+	ret = cache_open(cfg, d->catalog, &d->cache);
+	if (ret < 0) {
+		snprintf(err, errlen, "cache in %s/cache: %s", cfg->state_dir, strerror(-ret));
+		goto fail;
+	}
 	ret = ns_create(cfg, &daemon_ns_hooks, d, &d->ns);
 	if (ret < 0) {
 		snprintf(err, errlen, "namespace: %s", strerror(-ret));
@@ -223,6 +269,16 @@ int daemon_start(const struct mfs_config *cfg, int lock_fd, struct daemon **out,
 	ret = indexer_start(cfg, d->catalog, &daemon_ix_ops, d, 0, &d->indexer);
 	if (ret < 0) {
 		snprintf(err, errlen, "indexer: %s", strerror(-ret));
+		goto fail;
+	}
+	ret = peers_start(cfg, d->catalog, &daemon_peers_ops, d, 0, &d->peers);
+	if (ret < 0) {
+		snprintf(err, errlen, "peers: %s", strerror(-ret));
+		goto fail;
+	}
+	ret = fetch_start(cfg, d->cache, d->peers, &d->fetch);
+	if (ret < 0) {
+		snprintf(err, errlen, "fetch: %s", strerror(-ret));
 		goto fail;
 	}
 	ret = dataserver_start(d, &d->server);
@@ -248,6 +304,14 @@ fail:
 	return ret;
 }
 
+void daemon_stop_fetch(struct daemon *d)
+{
+	if (d && d->fetch) {
+		fetch_stop(d->fetch);
+		d->fetch = NULL;
+	}
+}
+
 void daemon_stop(struct daemon *d)
 {
 	if (!d)
@@ -256,10 +320,19 @@ void daemon_stop(struct daemon *d)
 		control_stop(d->control);
 	if (d->server)
 		dataserver_stop(d->server);
+	/* Parked reads are answered (-ESHUTDOWN) before the FUSE session goes. */
+	if (d->fetch)
+		fetch_stop(d->fetch);
+	d->fetch = NULL;
+	if (d->peers)
+		peers_stop(d->peers);
+	d->peers = NULL;
 	if (d->indexer)
 		indexer_stop(d->indexer);
 	d->indexer = NULL;
 	ns_destroy(d->ns);
+	if (d->cache)
+		cache_close(d->cache);
 	if (d->catalog)
 		catalog_close(d->catalog);
 	if (d->lock_fd >= 0)

@@ -6,6 +6,9 @@
  * session as userdata; each subsystem receives only a pointer to its own part. Start order is
  * lock -> catalog -> namespace (loaded from the catalog) -> indexer -> data server -> control
  * socket; stop is the reverse.
+ *
+ * Full order: lock -> catalog -> cache -> namespace -> indexer -> peers -> fetch -> data
+ * server -> control socket.
  */
 #ifndef MESHFS_DAEMON_H
 #define MESHFS_DAEMON_H
@@ -18,8 +21,11 @@
 #include "sync/indexer.h"
 #include "sync/namespace.h"
 
+struct cache;
 struct control;
 struct dataserver;
+struct fetch;
+struct peers;
 
 struct daemon {
 	const struct mfs_config *cfg;	/* owned by the caller, outlives the daemon */
@@ -27,6 +33,9 @@ struct daemon {
 	struct catalog *catalog;
 	struct ns *ns;
 	struct indexer *indexer;
+	struct cache *cache;		/* copies of other hosts' versions */
+	struct peers *peers;		/* NULL until started (and in tests) */
+	struct fetch *fetch;
 	struct dataserver *server;
 	struct control *control;
 	int64_t started_at;		/* unix seconds */
@@ -49,6 +58,10 @@ int daemon_lock_state_dir(const struct mfs_config *cfg, int *lock_fd, char *err,
  */
 int daemon_start(const struct mfs_config *cfg, int lock_fd, struct daemon **out, char *err,
 		 size_t errlen);
+
+/* Stops fetching: every parked read is answered (with -ESHUTDOWN). The FUSE side calls this
+ * while its session still exists, before daemon_stop(). */
+void daemon_stop_fetch(struct daemon *d);
 
 /* Stops every subsystem in reverse order and frees the daemon (the lock is released last). */
 void daemon_stop(struct daemon *d);

@@ -1,16 +1,40 @@
 /*
- * dataserver — this node's HTTP data server on libmicrohttpd.
+ * dataserver — this node's HTTP data server on libmicrohttpd (docs/protocol.md is the contract).
  *
  * The listening socket is made here, not by MHD: MHD_start_daemon() reports a taken port
  * only as NULL (errno unreliable), while our own bind() gives the real errno, so "port in
  * use" reaches the user as -EADDRINUSE. The bound socket is handed to MHD with
- * MHD_OPTION_LISTEN_SOCKET; MHD runs its own epoll loop on a pool of 4 threads, drops a
- * connection idle for 30 s, and closes the socket in MHD_stop_daemon().
+ * MHD_OPTION_LISTEN_SOCKET; MHD runs its own epoll loop on a pool of 4 threads and closes the
+ * socket in MHD_stop_daemon(). Slow or hostile clients are bounded by a connection limit
+ * (256), a per-address limit (64) and an idle timeout (30 s); request bodies are only read
+ * where one is expected (POST /v1/notify, at most 4 KiB).
  *
- * Routes today: GET (or HEAD) /v1/health answers status_health() without authentication.
- * Everything else first needs "Authorization: Bearer <token>" when the config has a token
- * (compared in constant time; 401 otherwise), then: non-GET -> 405, any path -> 404 (the
- * manifest, chunk and file endpoints come with the cluster issue). Bodies are JSON.
+ * Routes: GET /v1/health without authentication; everything else first needs
+ * "Authorization: Bearer <token>" when the config has a token (compared in constant time;
+ * 401 otherwise), then
+ *   GET  /v1/manifest?since=SEQ   this node's catalog changes as NDJSON, streamed in pages
+ *   GET  /v1/chunks/<cat>/<path>  the chunk hashes of the current version (JSON)
+ *   GET  /v1/files/<cat>/<path>   the content (sendfile from the fd), single Range, ETag
+ *   POST /v1/notify               a peer published: pull its manifest now (204)
+ *   GET  /metrics                 Prometheus text
+ * HEAD is answered like GET without the body. A wrong method gets 405, an unknown path 404.
+ *
+ * MHD normally percent-decodes the URL before we see it, which would turn "..%2f" into "../"
+ * and cut a path at "%00". It is given an unescape callback that leaves the URL as sent, and
+ * file paths are decoded here one segment at a time (parse_file_url), so an encoded '/' or NUL
+ * is refused instead of being reinterpreted. Files are then opened beneath the category
+ * directory with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), and only when the catalog
+ * lists them as this node's live version and the open file still has the identity the catalog
+ * recorded when it was hashed (inode, size, mtime, ctime): otherwise the ETag could lie, and
+ * the answer is 503 "version changed" until the indexer has republished it.
+ *
+ * The manifest is produced while it is sent: MHD pulls it through a content-reader callback,
+ * which copies one page of catalog rows (catalog_changes_page) into the stream's buffer and
+ * hands it out; no lock is held while MHD writes and the whole manifest is never in memory.
+ *
+ * Counters for /metrics are atomics in struct dataserver, updated by the MHD threads: requests
+ * by endpoint and status when a response is queued, body bytes when a response completes (a
+ * streamed manifest counts as it is produced), errors for 5xx answers and cut-short transfers.
  *
  * The listen address is cfg->listen_host: a numeric IPv4/IPv6 address, "localhost"
  * (127.0.0.1), or, failing both, a host name resolved once at start (a hosts entry's address
@@ -21,35 +45,107 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
+#include <linux/openat2.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include "sync/cache.h"
+#include "sync/catalog.h"
 #include "sync/config.h"
 #include "sync/daemon.h"
+#include "sync/hash.h"
 #include "sync/log.h"
+#include "sync/namespace.h"
+#include "sync/peers.h"
 #include "sync/status.h"
+#include "sync/util.h"
 
 #define DS_THREADS 4
 #define DS_MAX_CONNECTIONS 256
+#define DS_MAX_PER_IP 64
 #define DS_CONNECTION_TIMEOUT_S 30
 #define DS_BACKLOG 128
+#define MANIFEST_PAGE 1000		/* catalog rows per page of a manifest */
+#define MANIFEST_BLOCK (16 * 1024)	/* what MHD asks the manifest reader for at once */
+#define NOTIFY_MAX_BODY 4096
+#define VERSION_RETRY_AFTER "2"		/* seconds: about one indexer quiet period */
+#define CHUNKS_TRIES 3
+
+enum endpoint {
+	EP_HEALTH,
+	EP_MANIFEST,
+	EP_CHUNKS,
+	EP_FILES,
+	EP_NOTIFY,
+	EP_METRICS,
+	EP_OTHER,
+	EP_COUNT
+};
+
+static const char *const endpoint_names[EP_COUNT] = {
+	[EP_HEALTH] = "health",
+	[EP_MANIFEST] = "manifest",
+	[EP_CHUNKS] = "chunks",
+	[EP_FILES] = "files",
+	[EP_NOTIFY] = "notify",
+	[EP_METRICS] = "metrics",
+	[EP_OTHER] = "other",
+};
+
+#define CHUNKS_PREFIX "/v1/chunks/"
+#define FILES_PREFIX "/v1/files/"
+
+/* HTTP status codes are 100..599; one counter per (endpoint, code) keeps /metrics exact. */
+#define CODE_MIN 100
+#define CODE_MAX 599
 
 struct dataserver {
 	struct daemon *d;
 	struct MHD_Daemon *mhd;
 	char *expected_auth;	/* "Bearer <token>", NULL when the config has no token */
 	size_t expected_len;
+	/* Updated by every MHD thread without a lock. */
+	atomic_uint_fast64_t requests[EP_COUNT][CODE_MAX - CODE_MIN + 1];
+	atomic_uint_fast64_t bytes_sent;
+	atomic_uint_fast64_t errors;
 };
+
+/* One request, from its headers to its completion (MHD's per-request context). */
+struct request {
+	enum endpoint ep;
+	bool head;		/* HEAD: headers only, no body is sent */
+	bool answered;		/* a response is queued */
+	bool streamed;		/* the body counts its own bytes as it is produced */
+	uint64_t body_out;	/* bytes of the queued body, counted when it completes */
+	char *body;		/* request body so far (POST /v1/notify) */
+	size_t body_len;
+	bool body_overflow;	/* more than NOTIFY_MAX_BODY bytes came */
+};
+
+static void count_add(atomic_uint_fast64_t *c, uint64_t n)
+{
+	atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+static uint64_t count_get(atomic_uint_fast64_t *c)
+{
+	return atomic_load_explicit(c, memory_order_relaxed);
+}
 
 __attribute__((format(printf, 2, 0)))
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -65,55 +161,128 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 	log_msg(LOG_INFO, "data server: %s", buf);
 }
 
+/* Leaves the URL and query arguments as the client sent them; see the file header. */
+static size_t keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
+{
+	return strlen(s);
+}
+
 /* ---- responses ---- */
 
 /*
- * Queues @body (borrowed) as a JSON response with @code, plus one optional header. Returns
- * what MHD_queue_response returns; MHD_NO (the connection is closed) when memory runs out.
+ * Queues @resp with @code (the response is released here in every case) and counts it; the
+ * @body_len bytes of its body are counted once they are sent. Returns what MHD_queue_response
+ * returns; MHD_NO (the connection is closed) when @resp is NULL.
  */
-static enum MHD_Result respond_json(struct MHD_Connection *conn, unsigned code, json_t *body,
+static enum MHD_Result queue(struct dataserver *s, struct request *rq,
+			     struct MHD_Connection *conn, unsigned code, struct MHD_Response *resp,
+			     uint64_t body_len)
+{
+	enum MHD_Result ret;
+
+	if (!resp)
+		return MHD_NO;
+	ret = MHD_queue_response(conn, code, resp);
+	MHD_destroy_response(resp);
+	if (ret == MHD_YES) {
+		rq->answered = true;
+		rq->body_out = rq->head ? 0 : body_len;
+		if (code >= CODE_MIN && code <= CODE_MAX)
+			count_add(&s->requests[rq->ep][code - CODE_MIN], 1);
+		if (code >= 500)
+			count_add(&s->errors, 1);
+	}
+	return ret;
+}
+
+static bool add_header(struct MHD_Response *resp, const char *name, const char *value)
+{
+	return !name || MHD_add_response_header(resp, name, value) == MHD_YES;
+}
+
+/*
+ * Queues the @len bytes of @text (malloc'd; owned by the response from here on, freed on
+ * failure too) as a @ctype response with @code, plus one optional header.
+ */
+static enum MHD_Result respond_text(struct dataserver *s, struct request *rq,
+				    struct MHD_Connection *conn, unsigned code, const char *ctype,
+				    char *text, size_t len, const char *hname, const char *hval)
+{
+	struct MHD_Response *resp;
+
+	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	if (!add_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype) ||
+	    !add_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") ||
+	    !add_header(resp, hname, hval)) {
+		MHD_destroy_response(resp);
+		return MHD_NO;
+	}
+	return queue(s, rq, conn, code, resp, len);
+}
+
+/* Queues @body (borrowed) as one line of JSON with @code, plus one optional header. */
+static enum MHD_Result respond_json(struct dataserver *s, struct request *rq,
+				    struct MHD_Connection *conn, unsigned code, json_t *body,
 				    const char *hname, const char *hval)
 {
-	enum MHD_Result ret = MHD_NO;
-	struct MHD_Response *resp = NULL;
 	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	char *line;
 	size_t len;
 
 	if (!text)
-		goto out;
+		return MHD_NO;
 	len = strlen(text);
 	line = realloc(text, len + 2);
-	if (!line)
-		goto out;
-	text = line;
-	text[len++] = '\n';
-	text[len] = '\0';
-	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-	if (!resp)
-		goto out;
-	text = NULL;	/* owned by resp */
-	if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") ==
-		    MHD_NO ||
-	    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") == MHD_NO ||
-	    (hname && MHD_add_response_header(resp, hname, hval) == MHD_NO))
-		goto out;
-	ret = MHD_queue_response(conn, code, resp);
-out:
-	if (resp)
-		MHD_destroy_response(resp);
-	free(text);
-	return ret;
+	if (!line) {
+		free(text);
+		return MHD_NO;
+	}
+	line[len++] = '\n';
+	line[len] = '\0';
+	return respond_text(s, rq, conn, code, "application/json", line, len, hname, hval);
 }
 
-static enum MHD_Result respond_error(struct MHD_Connection *conn, unsigned code,
-				     const char *msg, const char *hname, const char *hval)
+static enum MHD_Result respond_error(struct dataserver *s, struct request *rq,
+				     struct MHD_Connection *conn, unsigned code, const char *msg,
+				     const char *hname, const char *hval)
 {
 	json_t *body = json_pack("{s:s}", "error", msg);
-	enum MHD_Result ret = respond_json(conn, code, body, hname, hval);
+	enum MHD_Result ret = respond_json(s, rq, conn, code, body, hname, hval);
 
 	json_decref(body);
 	return ret;
+}
+
+/* The answer to a failed lookup or open: @err is -errno. */
+static enum MHD_Result respond_errno(struct dataserver *s, struct request *rq,
+				     struct MHD_Connection *conn, int err)
+{
+	switch (err) {
+	case -EINVAL:
+		return respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST, "bad path", NULL, NULL);
+	case -ENOENT:
+	case -ENOTDIR:
+	case -ELOOP:
+	case -EXDEV:
+	case -EISDIR:
+		return respond_error(s, rq, conn, MHD_HTTP_NOT_FOUND, "not found", NULL, NULL);
+	case -ESTALE:
+		return respond_error(s, rq, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+				     "version changed, retry", MHD_HTTP_HEADER_RETRY_AFTER,
+				     VERSION_RETRY_AFTER);
+	case -EMFILE:
+	case -ENFILE:
+	case -EBUSY:
+		return respond_error(s, rq, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy, retry",
+				     MHD_HTTP_HEADER_RETRY_AFTER, "1");
+	default:
+		return respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, strerror(-err),
+				     NULL, NULL);
+	}
 }
 
 /* ---- authentication ---- */
@@ -142,29 +311,1007 @@ static bool authorized(struct dataserver *s, struct MHD_Connection *conn)
 	return auth && ct_equal(auth, s->expected_auth, s->expected_len);
 }
 
-/* ---- routes ---- */
+/* ---- versions: ETag, If-Match ---- */
 
-static enum MHD_Result route_health(struct dataserver *s, struct MHD_Connection *conn)
+/* The ETag of @h: the hash's text form in double quotes. */
+static void format_etag(const struct hash128 *h, char out[HASH_STR_LEN + 2])
+{
+	char text[HASH_STR_LEN];
+
+	hash_format(h, text);
+	snprintf(out, HASH_STR_LEN + 2, "\"%s\"", text);
+}
+
+/*
+ * True when the request has no If-Match, or its If-Match is "*" or lists @etag. The
+ * comparison is strong: a weak tag (W/"...") never matches.
+ */
+static bool if_match_ok(struct MHD_Connection *conn, const char *etag)
+{
+	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						    MHD_HTTP_HEADER_IF_MATCH);
+	size_t elen = strlen(etag);
+
+	if (!h)
+		return true;
+	while (*h) {
+		const char *end;
+
+		while (*h == ' ' || *h == '\t' || *h == ',')
+			h++;
+		end = h;
+		while (*end && *end != ',')
+			end++;
+		while (end > h && (end[-1] == ' ' || end[-1] == '\t'))
+			end--;
+		if ((end - h == 1 && *h == '*') ||
+		    ((size_t)(end - h) == elen && memcmp(h, etag, elen) == 0))
+			return true;
+		h = end;
+		while (*h && *h != ',')
+			h++;
+	}
+	return false;
+}
+
+/* ---- paths ---- */
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * Decodes @raw, the still percent-encoded "<category>/<path>" part of a chunks or files URL,
+ * one '/'-separated segment at a time. Returns 0 with the category's index in *cat_idx and
+ * the decoded path below it in *path (a new string); -EINVAL (400) for a malformed escape, an
+ * empty, "." or ".." segment, a NUL, control character or '/' inside a segment, or a path
+ * longer than PATH_MAX; -ENOENT (404) for an unknown category or nothing below it.
+ */
+static int parse_file_url(const struct mfs_config *cfg, const char *raw, size_t *cat_idx,
+			  char **path)
+{
+	char *buf = malloc(strlen(raw) + 1), *o, *slash;
+	const char *p = raw;
+	int ret = -EINVAL, idx;
+
+	if (!buf)
+		return -ENOMEM;
+	o = buf;
+	for (;;) {
+		const char *seg = o;
+		size_t len;
+
+		while (*p && *p != '/') {
+			unsigned char c = (unsigned char)*p;
+
+			if (c == '%') {
+				int hi = hexval(p[1]), lo = hi < 0 ? -1 : hexval(p[2]);
+
+				if (lo < 0)
+					goto out;
+				c = (unsigned char)(hi << 4 | lo);
+				p += 3;
+			} else {
+				p++;
+			}
+			if (c < 0x20 || c == 0x7f || c == '/')
+				goto out;
+			*o++ = (char)c;
+		}
+		len = (size_t)(o - seg);
+		if (len == 0 || (len == 1 && seg[0] == '.') ||
+		    (len == 2 && seg[0] == '.' && seg[1] == '.'))
+			goto out;
+		if (!*p)
+			break;
+		*o++ = '/';
+		p++;
+	}
+	*o = '\0';
+	if (o - buf >= PATH_MAX)
+		goto out;
+	ret = -ENOENT;
+	slash = strchr(buf, '/');
+	if (!slash)
+		goto out;
+	*slash = '\0';
+	idx = config_category_index(cfg, buf);
+	if (idx < 0)
+		goto out;
+	ret = -EINVAL;
+	if (!path_is_clean_relative(slash + 1))
+		goto out;
+	ret = -ENOMEM;
+	*path = strdup(slash + 1);
+	if (!*path)
+		goto out;
+	*cat_idx = (size_t)idx;
+	ret = 0;
+out:
+	free(buf);
+	return ret;
+}
+
+/* What the routes need of one catalog entry. */
+struct entry_copy {
+	bool deleted;
+	int64_t seq;
+	uint64_t size;
+	int64_t mtime_ns;
+	struct hash128 hash;
+	uint64_t ino;
+	int64_t ctime_ns;
+};
+
+static void copy_entry(void *arg, const struct cat_entry *e)
+{
+	struct entry_copy *c = arg;
+
+	c->deleted = e->deleted;
+	c->seq = e->seq;
+	c->size = e->size;
+	c->mtime_ns = e->mtime_ns;
+	c->hash = e->hash;
+	c->ino = e->ino;
+	c->ctime_ns = e->ctime_ns;
+}
+
+/* This node's live entry (category @cat_idx, @path): 0, -ENOENT (none or deleted), -errno. */
+static int own_entry(struct dataserver *s, size_t cat_idx, const char *path,
+		     struct entry_copy *out)
+{
+	const struct mfs_config *cfg = s->d->cfg;
+	int ret;
+
+	memset(out, 0, sizeof(*out));
+	ret = catalog_get(s->d->catalog, cfg->node, cfg->categories[cat_idx].name, path,
+			  copy_entry, out);
+	if (ret == 0 && out->deleted)
+		ret = -ENOENT;
+	return ret;
+}
+
+static int64_t ts_ns(const struct timespec *ts)
+{
+	return (int64_t)ts->tv_sec * 1000000000LL + ts->tv_nsec;
+}
+
+/*
+ * Opens the version @e of @rel beneath category @cat_idx's directory, never through a symlink
+ * and never outside the directory. Returns 0 and a blocking read-only fd in *fd; -ENOENT,
+ * -ELOOP (a symlink on the way), -EXDEV (an escape) and the like when it cannot be opened;
+ * -ESTALE when what is there now is not the version the catalog describes (not a regular
+ * file, or another inode, size, mtime or ctime than when it was hashed).
+ */
+static int open_version(struct dataserver *s, size_t cat_idx, const char *rel,
+			const struct entry_copy *e, int *fd_out)
+{
+	struct open_how how = {
+		/* O_NONBLOCK: a FIFO put in the file's place must not hang the thread. */
+		.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+	};
+	const char *dir = ns_category_dir(s->d->ns, cat_idx);
+	struct stat st;
+	int dfd = -1, fd = -1, flags, ret;
+
+	if (!dir)
+		return -ENOENT;
+	dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		ret = -errno;
+		goto out;
+	}
+	fd = (int)syscall(SYS_openat2, dfd, rel, &how, sizeof(how));
+	if (fd < 0) {
+		ret = -errno;
+		if (ret == -ELOOP || ret == -EXDEV)
+			log_msg(LOG_INFO, "data server: refused %s/%s: %s",
+				s->d->cfg->categories[cat_idx].name, rel,
+				ret == -ELOOP ? "a symlink on the way" : "leads outside");
+		else if (ret == -ENOSYS)
+			log_msg(LOG_ERR, "data server: this kernel has no openat2 (Linux >= 5.6 "
+				"needed); files cannot be served");
+		goto out;
+	}
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != e->size ||
+	    ts_ns(&st.st_mtim) != e->mtime_ns || (e->ino && (uint64_t)st.st_ino != e->ino) ||
+	    (e->ctime_ns && ts_ns(&st.st_ctim) != e->ctime_ns)) {
+		ret = -ESTALE;
+		goto out;
+	}
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	*fd_out = fd;
+	fd = -1;
+	ret = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (dfd >= 0)
+		close(dfd);
+	return ret;
+}
+
+/* ---- ranges ---- */
+
+enum range_kind {
+	RANGE_WHOLE,		/* no (usable) Range: the whole content, 200 */
+	RANGE_PART,		/* one satisfiable range, 206 */
+	RANGE_UNSATISFIABLE,	/* 416 */
+};
+
+/* Reads decimal digits at *p, saturating at UINT64_MAX. False if there are none. */
+static bool parse_u64(const char **p, uint64_t *v)
+{
+	const char *q = *p;
+	uint64_t n = 0;
+
+	if (*q < '0' || *q > '9')
+		return false;
+	for (; *q >= '0' && *q <= '9'; q++) {
+		unsigned d = (unsigned)(*q - '0');
+
+		n = n > (UINT64_MAX - d) / 10 ? UINT64_MAX : n * 10 + d;
+	}
+	*p = q;
+	*v = n;
+	return true;
+}
+
+/*
+ * Interprets a Range header value for content of @size bytes: "bytes=A-B", "bytes=A-" or
+ * "bytes=-N" give [*first, *first + *len). A header that is not one well-formed byte range
+ * (another unit, several ranges, B < A) is ignored, as RFC 9110 allows: the whole content.
+ */
+static enum range_kind parse_range(const char *h, uint64_t size, uint64_t *first, uint64_t *len)
+{
+	const char *p = h;
+	uint64_t a = 0, b = UINT64_MAX;
+	bool suffix;
+
+	*first = 0;
+	*len = size;
+	if (strncasecmp(p, "bytes=", 6) != 0)
+		return RANGE_WHOLE;
+	p += 6;
+	while (*p == ' ' || *p == '\t')
+		p++;
+	suffix = *p == '-';
+	if (suffix) {
+		p++;
+		if (!parse_u64(&p, &b))
+			return RANGE_WHOLE;
+	} else {
+		if (!parse_u64(&p, &a) || *p++ != '-')
+			return RANGE_WHOLE;
+		if (*p >= '0' && *p <= '9' && !parse_u64(&p, &b))
+			return RANGE_WHOLE;
+	}
+	while (*p == ' ' || *p == '\t')
+		p++;
+	if (*p)
+		return RANGE_WHOLE;
+	if (suffix) {
+		if (b == 0 || size == 0)
+			return RANGE_UNSATISFIABLE;
+		*first = b >= size ? 0 : size - b;
+		*len = size - *first;
+		return RANGE_PART;
+	}
+	if (b < a)
+		return RANGE_WHOLE;
+	if (a >= size)
+		return RANGE_UNSATISFIABLE;
+	*first = a;
+	*len = (b >= size - 1 ? size - 1 : b) - a + 1;
+	return RANGE_PART;
+}
+
+/* The range to send: from Range, unless an If-Range names another version than @etag. */
+static enum range_kind pick_range(struct MHD_Connection *conn, const char *etag, uint64_t size,
+				  uint64_t *first, uint64_t *len)
+{
+	const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+							MHD_HTTP_HEADER_RANGE);
+	const char *if_range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+							   MHD_HTTP_HEADER_IF_RANGE);
+
+	*first = 0;
+	*len = size;
+	if (!range || (if_range && strcmp(if_range, etag) != 0))
+		return RANGE_WHOLE;
+	return parse_range(range, size, first, len);
+}
+
+/* ---- GET /v1/health ---- */
+
+static enum MHD_Result route_health(struct dataserver *s, struct request *rq,
+				    struct MHD_Connection *conn)
 {
 	json_t *health = status_health(s->d);
 	enum MHD_Result ret;
 
 	if (health)
-		ret = respond_json(conn, MHD_HTTP_OK, health, NULL, NULL);
+		ret = respond_json(s, rq, conn, MHD_HTTP_OK, health, NULL, NULL);
 	else
-		ret = respond_error(conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+		ret = respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
 				    "cannot build the health report", NULL, NULL);
 	json_decref(health);
 	return ret;
 }
 
+/* ---- GET /v1/manifest ---- */
+
+enum manifest_phase {
+	MS_HEADER,
+	MS_ENTRIES,
+	MS_TRAILER,
+	MS_DONE,
+};
+
+/* One manifest response being produced; owned by its MHD response. */
+struct manifest_stream {
+	struct dataserver *s;
+	int64_t since;		/* as asked */
+	int64_t head;		/* this node's seq when the response began; sent up to it */
+	int64_t cursor;		/* the seq of the last row read from the catalog */
+	uint64_t count;		/* entry lines produced */
+	enum manifest_phase phase;
+	bool past_head;		/* a row above head was met: nothing more to send */
+	size_t rows;		/* rows of the current page */
+	char *buf;		/* lines ready to be handed to MHD: [off, len) */
+	size_t len, off, cap;
+};
+
+static int stream_reserve(struct manifest_stream *ms, size_t extra)
+{
+	size_t cap = ms->cap ? ms->cap : 64 * 1024;
+	char *bigger;
+
+	if (ms->len + extra <= ms->cap)
+		return 0;
+	while (cap < ms->len + extra)
+		cap *= 2;
+	bigger = realloc(ms->buf, cap);
+	if (!bigger)
+		return -ENOMEM;
+	ms->buf = bigger;
+	ms->cap = cap;
+	return 0;
+}
+
+/* Appends @obj (released here) as one compact JSON line. */
+static int stream_line(struct manifest_stream *ms, json_t *obj)
+{
+	size_t n;
+	int ret = -ENOMEM;
+
+	if (!obj)
+		goto out;
+	n = json_dumpb(obj, NULL, 0, JSON_COMPACT);
+	if (n == 0 || stream_reserve(ms, n + 1) < 0)
+		goto out;
+	if (json_dumpb(obj, ms->buf + ms->len, n, JSON_COMPACT) != n)
+		goto out;
+	ms->len += n;
+	ms->buf[ms->len++] = '\n';
+	ret = 0;
+out:
+	json_decref(obj);
+	return ret;
+}
+
+/* catalog_changes_page callback; runs under the catalog's lock, so it only copies. */
+static int manifest_row(void *arg, const struct cat_entry *e)
+{
+	struct manifest_stream *ms = arg;
+	char hash[HASH_STR_LEN];
+	json_t *obj;
+
+	ms->rows++;
+	if (e->seq > ms->head) {
+		ms->past_head = true;
+		return 1;
+	}
+	ms->cursor = e->seq;
+	if (e->deleted) {
+		obj = json_pack("{s:I,s:s,s:s,s:b}", "seq", (json_int_t)e->seq, "category",
+				e->category, "path", e->path, "deleted", 1);
+	} else {
+		hash_format(&e->hash, hash);
+		obj = json_pack("{s:I,s:s,s:s,s:I,s:I,s:s,s:s}", "seq", (json_int_t)e->seq,
+				"category", e->category, "path", e->path, "size",
+				(json_int_t)e->size, "mtime_ns", (json_int_t)e->mtime_ns, "hash",
+				hash, "origin", e->origin);
+	}
+	if (!obj) {
+		/* json_pack refuses strings that are not UTF-8: a file name in another
+		 * encoding cannot travel in JSON. Peers would drop the line anyway. */
+		log_msg(LOG_WARNING, "data server: manifest: %s/%s (seq %lld) is not valid "
+			"UTF-8; left out", e->category, e->path, (long long)e->seq);
+		return 0;
+	}
+	if (stream_line(ms, obj) < 0)
+		return -ENOMEM;
+	ms->count++;
+	return 0;
+}
+
+/* Refills ms->buf with the next lines. 0, or -errno (the stream is then cut short). */
+static int manifest_fill(struct manifest_stream *ms)
+{
+	struct daemon *d = ms->s->d;
+	int ret = 0;
+
+	ms->len = ms->off = 0;
+	switch (ms->phase) {
+	case MS_HEADER:
+		ret = stream_line(ms, json_pack("{s:i,s:s,s:I,s:I}", "manifest", 1, "node",
+						d->cfg->node, "seq", (json_int_t)ms->head,
+						"since", (json_int_t)ms->since));
+		ms->phase = ms->since >= ms->head ? MS_TRAILER : MS_ENTRIES;
+		break;
+	case MS_ENTRIES:
+		ms->rows = 0;
+		ret = catalog_changes_page(d->catalog, d->cfg->node, ms->cursor, MANIFEST_PAGE,
+					   manifest_row, ms);
+		if (ret < 0) {
+			log_msg(LOG_WARNING, "data server: manifest after seq %lld: %s",
+				(long long)ms->cursor, strerror(-ret));
+			break;
+		}
+		ret = 0;
+		if (ms->past_head || ms->rows < MANIFEST_PAGE || ms->cursor >= ms->head)
+			ms->phase = MS_TRAILER;
+		break;
+	case MS_TRAILER:
+		/* Every change up to head has been sent: the client is now at head. */
+		ret = stream_line(ms, json_pack("{s:b,s:I,s:I}", "end", 1, "seq",
+						(json_int_t)ms->head, "count",
+						(json_int_t)ms->count));
+		ms->phase = MS_DONE;
+		break;
+	case MS_DONE:
+		break;
+	}
+	return ret;
+}
+
+static ssize_t manifest_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct manifest_stream *ms = cls;
+	size_t n;
+
+	while (ms->off == ms->len) {
+		if (ms->phase == MS_DONE)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		if (manifest_fill(ms) < 0) {
+			count_add(&ms->s->errors, 1);
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		}
+	}
+	n = ms->len - ms->off;
+	if (n > max)
+		n = max;
+	memcpy(out, ms->buf + ms->off, n);
+	ms->off += n;
+	count_add(&ms->s->bytes_sent, n);
+	return (ssize_t)n;
+}
+
+static void manifest_free(void *cls)
+{
+	struct manifest_stream *ms = cls;
+
+	free(ms->buf);
+	free(ms);
+}
+
+/* A seq in a query: decimal digits only, within int64. */
+static int parse_seq(const char *s, int64_t *out)
+{
+	int64_t v = 0;
+
+	if (!*s)
+		return -EINVAL;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9' || v > (INT64_MAX - (*s - '0')) / 10)
+			return -EINVAL;
+		v = v * 10 + (*s - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+static enum MHD_Result route_manifest(struct dataserver *s, struct request *rq,
+				      struct MHD_Connection *conn)
+{
+	const char *arg = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "since");
+	struct manifest_stream *ms = NULL;
+	struct MHD_Response *resp;
+	int64_t since = 0, head = 0;
+	int ret;
+
+	if (arg && parse_seq(arg, &since) < 0)
+		return respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST,
+				     "since must be a non-negative integer", NULL, NULL);
+	ret = catalog_max_seq(s->d->catalog, s->d->cfg->node, &head);
+	if (ret < 0)
+		return respond_errno(s, rq, conn, ret);
+	ms = calloc(1, sizeof(*ms));
+	if (!ms)
+		return MHD_NO;
+	ms->s = s;
+	ms->since = since;
+	ms->head = head;
+	ms->cursor = since;
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, MANIFEST_BLOCK, manifest_read,
+						 ms, manifest_free);
+	if (!resp) {
+		manifest_free(ms);
+		return MHD_NO;
+	}
+	if (!add_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-ndjson") ||
+	    !add_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store")) {
+		MHD_destroy_response(resp);
+		return MHD_NO;
+	}
+	rq->streamed = true;
+	return queue(s, rq, conn, MHD_HTTP_OK, resp, 0);
+}
+
+/* ---- GET /v1/chunks/<category>/<path> ---- */
+
 /*
- * The access handler, called at least twice per request: once when the headers are in,
- * then for each piece of body, then with *upload_data_size == 0 when the request is
- * complete. Rejections (401, 405) are queued on the first call, so an unwanted body is never
- * read (MHD closes such a connection after the response). Answers to accepted GETs are
- * queued on the last call, which keeps the connection reusable; a body sent with a GET is
- * read and ignored.
+ * The entry and its chunk list come from two catalog calls; the entry is read again after the
+ * chunks, and the pair is used only when its seq did not move in between (a new version
+ * always takes a new seq), so the hashes always belong to the version the ETag names.
+ */
+static int get_chunks(struct dataserver *s, size_t cat_idx, const char *path,
+		      struct entry_copy *e, struct hash128 **chunks, size_t *n)
+{
+	const char *category = s->d->cfg->categories[cat_idx].name;
+	struct entry_copy again;
+	int ret = -ESTALE;
+
+	for (int i = 0; i < CHUNKS_TRIES; i++) {
+		ret = own_entry(s, cat_idx, path, e);
+		if (ret < 0)
+			break;
+		ret = catalog_get_chunks(s->d->catalog, s->d->cfg->node, category, path, chunks,
+					 n);
+		if (ret < 0)
+			continue;	/* deleted meanwhile: the next look says so */
+		ret = own_entry(s, cat_idx, path, &again);
+		if (ret == 0 && again.seq == e->seq)
+			break;
+		free(*chunks);
+		*chunks = NULL;
+		ret = ret < 0 ? ret : -ESTALE;
+	}
+	return ret;
+}
+
+static enum MHD_Result route_chunks(struct dataserver *s, struct request *rq,
+				    struct MHD_Connection *conn, const char *raw)
+{
+	const struct mfs_config *cfg = s->d->cfg;
+	struct hash128 *chunks = NULL;
+	struct entry_copy e;
+	char etag[HASH_STR_LEN + 2], hash[HASH_STR_LEN], *path = NULL;
+	json_t *body = NULL, *list;
+	enum MHD_Result ret;
+	size_t cat_idx = 0, n = 0;
+	int err;
+
+	err = parse_file_url(cfg, raw, &cat_idx, &path);
+	if (err == 0)
+		err = get_chunks(s, cat_idx, path, &e, &chunks, &n);
+	if (err < 0) {
+		ret = respond_errno(s, rq, conn, err);
+		goto out;
+	}
+	format_etag(&e.hash, etag);
+	if (!if_match_ok(conn, etag)) {
+		ret = respond_error(s, rq, conn, MHD_HTTP_PRECONDITION_FAILED,
+				    "the path holds another version", MHD_HTTP_HEADER_ETAG, etag);
+		goto out;
+	}
+	if (n != (e.size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE) {
+		log_msg(LOG_ERR, "data server: %s/%s: the catalog has %zu chunk hashes for %llu "
+			"bytes", cfg->categories[cat_idx].name, path, n,
+			(unsigned long long)e.size);
+		ret = respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+				    "inconsistent chunk list", NULL, NULL);
+		goto out;
+	}
+	hash_format(&e.hash, hash);
+	list = json_array();
+	body = json_pack("{s:s,s:s,s:I,s:I,s:s,s:I,s:o}", "category",
+			 cfg->categories[cat_idx].name, "path", path, "size", (json_int_t)e.size,
+			 "mtime_ns", (json_int_t)e.mtime_ns, "hash", hash, "chunk_size",
+			 (json_int_t)HASH_CHUNK_SIZE, "chunks", list);
+	for (size_t i = 0; body && i < n; i++) {
+		hash_format(&chunks[i], hash);
+		if (json_array_append_new(list, json_string(hash)) < 0) {
+			json_decref(body);
+			body = NULL;
+		}
+	}
+	if (!body) {
+		/* A path that is not UTF-8 cannot be written as JSON. */
+		ret = respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+				    "cannot encode the chunk list", NULL, NULL);
+		goto out;
+	}
+	ret = respond_json(s, rq, conn, MHD_HTTP_OK, body, MHD_HTTP_HEADER_ETAG, etag);
+out:
+	json_decref(body);
+	free(chunks);
+	free(path);
+	return ret;
+}
+
+/* ---- GET /v1/files/<category>/<path> ---- */
+
+static enum MHD_Result route_files(struct dataserver *s, struct request *rq,
+				   struct MHD_Connection *conn, const char *raw)
+{
+	struct MHD_Response *resp = NULL;
+	struct entry_copy e;
+	char etag[HASH_STR_LEN + 2], crange[80], *path = NULL;
+	enum range_kind kind;
+	enum MHD_Result ret;
+	uint64_t first = 0, len = 0;
+	size_t cat_idx = 0;
+	int err, fd = -1;
+
+	err = parse_file_url(s->d->cfg, raw, &cat_idx, &path);
+	if (err == 0)
+		err = own_entry(s, cat_idx, path, &e);
+	if (err < 0) {
+		ret = respond_errno(s, rq, conn, err);
+		goto out;
+	}
+	format_etag(&e.hash, etag);
+	if (!if_match_ok(conn, etag)) {
+		ret = respond_error(s, rq, conn, MHD_HTTP_PRECONDITION_FAILED,
+				    "the path holds another version", MHD_HTTP_HEADER_ETAG, etag);
+		goto out;
+	}
+	err = open_version(s, cat_idx, path, &e, &fd);
+	if (err < 0) {
+		ret = respond_errno(s, rq, conn, err);
+		goto out;
+	}
+	kind = pick_range(conn, etag, e.size, &first, &len);
+	if (kind == RANGE_UNSATISFIABLE) {
+		snprintf(crange, sizeof(crange), "bytes */%llu", (unsigned long long)e.size);
+		ret = respond_error(s, rq, conn, MHD_HTTP_RANGE_NOT_SATISFIABLE,
+				    "range not satisfiable", MHD_HTTP_HEADER_CONTENT_RANGE, crange);
+		goto out;
+	}
+	if (len == 0) {
+		resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+	} else {
+		/* MHD owns the fd from here (closed with the response) and sends it with
+		 * sendfile. */
+		resp = MHD_create_response_from_fd_at_offset64(len, fd, first);
+		if (resp)
+			fd = -1;
+	}
+	if (!resp) {
+		ret = MHD_NO;
+		goto out;
+	}
+	snprintf(crange, sizeof(crange), "bytes %llu-%llu/%llu", (unsigned long long)first,
+		 (unsigned long long)(first + len - 1), (unsigned long long)e.size);
+	if (!add_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream") ||
+	    !add_header(resp, MHD_HTTP_HEADER_ETAG, etag) ||
+	    !add_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes") ||
+	    (kind == RANGE_PART && !add_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, crange))) {
+		MHD_destroy_response(resp);
+		ret = MHD_NO;
+		goto out;
+	}
+	ret = queue(s, rq, conn, kind == RANGE_PART ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK,
+		    resp, len);
+out:
+	if (fd >= 0)
+		close(fd);
+	free(path);
+	return ret;
+}
+
+/* ---- POST /v1/notify ---- */
+
+static void take_body(struct request *rq, const char *data, size_t size)
+{
+	char *bigger;
+
+	if (rq->body_overflow || rq->ep != EP_NOTIFY)
+		return;
+	if (size > NOTIFY_MAX_BODY - rq->body_len) {
+		rq->body_overflow = true;
+		return;
+	}
+	bigger = realloc(rq->body, rq->body_len + size);
+	if (!bigger) {
+		rq->body_overflow = true;
+		return;
+	}
+	rq->body = bigger;
+	memcpy(rq->body + rq->body_len, data, size);
+	rq->body_len += size;
+}
+
+static enum MHD_Result route_notify(struct dataserver *s, struct request *rq,
+				    struct MHD_Connection *conn)
+{
+	const struct mfs_config *cfg = s->d->cfg;
+	const struct cfg_host *host;
+	struct MHD_Response *resp;
+	json_error_t jerr;
+	json_t *root = NULL, *node, *seq;
+	enum MHD_Result ret;
+
+	if (rq->body_overflow) {
+		ret = respond_error(s, rq, conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large",
+				    NULL, NULL);
+		goto out;
+	}
+	if (rq->body_len)
+		root = json_loadb(rq->body, rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+	node = json_object_get(root, "node");
+	seq = json_object_get(root, "seq");
+	if (!json_is_object(root) || !json_is_string(node) || !json_is_integer(seq) ||
+	    json_integer_value(seq) < 0) {
+		ret = respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST,
+				    "expected {\"node\": NAME, \"seq\": N}", NULL, NULL);
+		goto out;
+	}
+	host = config_find_host(cfg, json_string_value(node));
+	if (!host) {
+		ret = respond_error(s, rq, conn, MHD_HTTP_NOT_FOUND, "unknown node", NULL, NULL);
+		goto out;
+	}
+	if (host == cfg->self) {
+		ret = respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST, "that is this node", NULL,
+				    NULL);
+		goto out;
+	}
+	log_msg(LOG_DEBUG, "data server: %s published up to seq %lld", host->name,
+		(long long)json_integer_value(seq));
+	if (s->d->peers)
+		peers_notify(s->d->peers, host->name);
+	resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+	ret = queue(s, rq, conn, MHD_HTTP_NO_CONTENT, resp, 0);
+out:
+	json_decref(root);
+	return ret;
+}
+
+/* ---- GET /metrics ---- */
+
+static void metric_head(FILE *f, const char *name, const char *type, const char *help)
+{
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metric_u64(FILE *f, const char *name, const char *type, const char *help,
+		       uint64_t v)
+{
+	metric_head(f, name, type, help);
+	fprintf(f, "%s %llu\n", name, (unsigned long long)v);
+}
+
+/* Writes @v as a Prometheus label value: backslash, double quote and newline escaped. */
+static void label_value(FILE *f, const char *v)
+{
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			fputc('\\', f);
+		if (*v == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*v, f);
+	}
+}
+
+/* What the peers module knows of each other host (manifests and fetches), one gauge or
+ * counter per line of this table, one sample per host. */
+static const struct {
+	const char *name, *type, *help;
+} peer_metrics[] = {
+	{ "meshfs_peer_up", "gauge", "1 when the host answered its last requests." },
+	{ "meshfs_peer_errors_total", "counter", "Failed requests to the host." },
+	{ "meshfs_peer_manifest_seq", "gauge", "Position in the host's manifest." },
+	{ "meshfs_peer_last_seen_timestamp_seconds", "gauge",
+	  "Unix time of the last successful request to the host (0 = never)." },
+	{ "meshfs_peer_throughput_bytes_per_second", "gauge",
+	  "Fetch throughput measured from the host (0 = unknown)." },
+};
+
+/* The value of peer_metrics[@k] for a host in state @st. */
+static double peer_value(const struct peer_status *st, size_t k)
+{
+	switch (k) {
+	case 0:
+		return st->state == PEER_UP;
+	case 1:
+		return (double)st->errors;
+	case 2:
+		return (double)st->last_seq;
+	case 3:
+		return (double)st->last_seen;
+	default:
+		return st->throughput_bps;
+	}
+}
+
+static void write_peer_metrics(struct daemon *d, FILE *f)
+{
+	const struct mfs_config *cfg = d->cfg;
+	struct peer_status *st = calloc(cfg->n_hosts ? cfg->n_hosts : 1, sizeof(*st));
+
+	if (!st)
+		return;
+	for (size_t i = 0; i < cfg->n_hosts; i++)
+		if (&cfg->hosts[i] != cfg->self)
+			peers_status(d->peers, i, &st[i]);
+	for (size_t k = 0; k < ARRAY_SIZE(peer_metrics); k++) {
+		metric_head(f, peer_metrics[k].name, peer_metrics[k].type, peer_metrics[k].help);
+		for (size_t i = 0; i < cfg->n_hosts; i++) {
+			if (&cfg->hosts[i] == cfg->self)
+				continue;
+			fprintf(f, "%s{host=\"", peer_metrics[k].name);
+			label_value(f, cfg->hosts[i].name);
+			fprintf(f, "\"} %.0f\n", peer_value(&st[i], k));
+		}
+	}
+	free(st);
+}
+
+/* Writes every metric in the Prometheus text format (version 0.0.4). */
+static void write_metrics(struct dataserver *s, FILE *f)
+{
+	struct daemon *d = s->d;
+	const union MHD_DaemonInfo *info;
+	uint64_t nodes = 0, files = 0, bytes = 0;
+	int64_t seq = 0, up = now_s() - d->started_at;
+
+	metric_head(f, "meshfs_http_requests_total", "counter",
+		    "Requests answered by the data server, by endpoint and status code.");
+	for (size_t ep = 0; ep < EP_COUNT; ep++) {
+		for (unsigned code = CODE_MIN; code <= CODE_MAX; code++) {
+			uint64_t v = count_get(&s->requests[ep][code - CODE_MIN]);
+
+			if (v)
+				fprintf(f, "meshfs_http_requests_total{endpoint=\"%s\",code=\"%u\"}"
+					" %llu\n", endpoint_names[ep], code, (unsigned long long)v);
+		}
+	}
+	metric_u64(f, "meshfs_http_bytes_sent_total", "counter",
+		   "Response body bytes sent by the data server.", count_get(&s->bytes_sent));
+	metric_u64(f, "meshfs_http_errors_total", "counter",
+		   "Data server responses with a 5xx status, and transfers cut short.",
+		   count_get(&s->errors));
+	info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+	if (info)
+		metric_u64(f, "meshfs_http_connections", "gauge",
+			   "Open connections to the data server.", info->num_connections);
+	ns_counts(d->ns, &nodes, &files, &bytes);
+	metric_u64(f, "meshfs_namespace_files", "gauge",
+		   "Files in the namespace (the union of every host).", files);
+	metric_u64(f, "meshfs_namespace_bytes", "gauge",
+		   "Bytes of the files in the namespace.", bytes);
+	metric_u64(f, "meshfs_namespace_nodes", "gauge",
+		   "Nodes (files and directories) in the namespace tree.", nodes);
+	if (catalog_max_seq(d->catalog, d->cfg->node, &seq) == 0)
+		metric_u64(f, "meshfs_manifest_seq", "gauge",
+			   "This node's current manifest seq.", (uint64_t)seq);
+	if (d->cache) {
+		uint64_t used = 0, max = 0;
+
+		cache_usage(d->cache, &used, &max);
+		metric_u64(f, "meshfs_cache_used_bytes", "gauge",
+			   "Bytes of other hosts' versions cached here.", used);
+		metric_u64(f, "meshfs_cache_max_bytes", "gauge",
+			   "The cache's size limit in bytes (0 = none).", max);
+	}
+	if (d->peers)
+		write_peer_metrics(d, f);
+	metric_u64(f, "meshfs_uptime_seconds", "gauge", "Seconds since the daemon started.",
+		   up > 0 ? (uint64_t)up : 0);
+}
+
+static enum MHD_Result route_metrics(struct dataserver *s, struct request *rq,
+				     struct MHD_Connection *conn)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	if (!f)
+		return respond_errno(s, rq, conn, -errno);
+	write_metrics(s, f);
+	if (fclose(f) != 0) {
+		free(text);
+		return respond_errno(s, rq, conn, -ENOMEM);
+	}
+	return respond_text(s, rq, conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8",
+			    text, len, NULL, NULL);
+}
+
+/* ---- dispatch ---- */
+
+static enum endpoint classify(const char *url)
+{
+	if (strcmp(url, "/v1/health") == 0)
+		return EP_HEALTH;
+	if (strcmp(url, "/v1/manifest") == 0)
+		return EP_MANIFEST;
+	if (strncmp(url, CHUNKS_PREFIX, strlen(CHUNKS_PREFIX)) == 0)
+		return EP_CHUNKS;
+	if (strncmp(url, FILES_PREFIX, strlen(FILES_PREFIX)) == 0)
+		return EP_FILES;
+	if (strcmp(url, "/v1/notify") == 0)
+		return EP_NOTIFY;
+	if (strcmp(url, "/metrics") == 0)
+		return EP_METRICS;
+	return EP_OTHER;
+}
+
+/*
+ * What to do once the headers are in: 401 without the token (except GET /v1/health), 405 for
+ * a method the endpoint does not take, 413 for a notify body announced too large. These are
+ * queued at once, so an unwanted body is never read (MHD closes such a connection after the
+ * response). Anything else returns MHD_YES and is answered when the request is complete.
+ */
+static enum MHD_Result start_request(struct dataserver *s, struct request *rq,
+				     struct MHD_Connection *conn, const char *method)
+{
+	bool get = rq->head || strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+	bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+	const char *clen;
+
+	if (!(rq->ep == EP_HEALTH && get) && !authorized(s, conn))
+		return respond_error(s, rq, conn, MHD_HTTP_UNAUTHORIZED, "unauthorized",
+				     MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+	if (rq->ep == EP_OTHER)
+		return MHD_YES;
+	if (rq->ep == EP_NOTIFY ? !post : !get)
+		return respond_error(s, rq, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+				     "method not allowed", MHD_HTTP_HEADER_ALLOW,
+				     rq->ep == EP_NOTIFY ? "POST" : "GET, HEAD");
+	clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+					   MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (rq->ep == EP_NOTIFY && clen && strtoull(clen, NULL, 10) > NOTIFY_MAX_BODY)
+		return respond_error(s, rq, conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large",
+				     NULL, NULL);
+	return MHD_YES;
+}
+
+/*
+ * The access handler, called at least twice per request: once when the headers are in
+ * (start_request), then for each piece of body, then with *upload_data_size == 0 when the
+ * request is complete, which is when accepted requests are answered (keeping the connection
+ * reusable). A body sent where none is expected is read and dropped.
  */
 static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 				      const char *method, const char *version,
@@ -172,28 +1319,57 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
 				      void **con_cls)
 {
 	struct dataserver *s = cls;
-	bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
-		   strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
-	bool health = get && strcmp(url, "/v1/health") == 0;
-	enum MHD_Result ret = MHD_YES;
+	struct request *rq = *con_cls;
 
-	if (!*con_cls) {
-		*con_cls = s;	/* marks the headers as seen */
-		if (!health && !authorized(s, conn))
-			ret = respond_error(conn, MHD_HTTP_UNAUTHORIZED, "unauthorized",
-					    MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-		else if (!get)
-			ret = respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
-					    "method not allowed", MHD_HTTP_HEADER_ALLOW,
-					    "GET, HEAD");
-	} else if (*upload_data_size) {
-		*upload_data_size = 0;
-	} else if (health) {
-		ret = route_health(s, conn);
-	} else {
-		ret = respond_error(conn, MHD_HTTP_NOT_FOUND, "not found", NULL, NULL);
+	if (!rq) {
+		rq = calloc(1, sizeof(*rq));
+		if (!rq)
+			return MHD_NO;
+		*con_cls = rq;
+		rq->ep = classify(url);
+		rq->head = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+		return start_request(s, rq, conn, method);
 	}
-	return ret;
+	if (*upload_data_size) {
+		take_body(rq, upload_data, *upload_data_size);
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	switch (rq->ep) {
+	case EP_HEALTH:
+		return route_health(s, rq, conn);
+	case EP_MANIFEST:
+		return route_manifest(s, rq, conn);
+	case EP_CHUNKS:
+		return route_chunks(s, rq, conn, url + strlen(CHUNKS_PREFIX));
+	case EP_FILES:
+		return route_files(s, rq, conn, url + strlen(FILES_PREFIX));
+	case EP_NOTIFY:
+		return route_notify(s, rq, conn);
+	case EP_METRICS:
+		return route_metrics(s, rq, conn);
+	default:
+		return respond_error(s, rq, conn, MHD_HTTP_NOT_FOUND, "not found", NULL, NULL);
+	}
+}
+
+/* The request is over (answered, failed or abandoned): counts its body bytes and frees it. */
+static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct dataserver *s = cls;
+	struct request *rq = *con_cls;
+
+	if (!rq)
+		return;
+	if (rq->answered && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !rq->streamed)
+		count_add(&s->bytes_sent, rq->body_out);
+	else if (rq->answered && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK &&
+		 toe != MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN)
+		count_add(&s->errors, 1);
+	free(rq->body);
+	free(rq);
+	*con_cls = NULL;
 }
 
 /* ---- the listening socket ---- */
@@ -356,7 +1532,10 @@ int dataserver_start(struct daemon *d, struct dataserver **out)
 				  MHD_OPTION_LISTEN_SOCKET, fd,
 				  MHD_OPTION_THREAD_POOL_SIZE, (unsigned)DS_THREADS,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)DS_MAX_CONNECTIONS,
+				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)DS_MAX_PER_IP,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)DS_CONNECTION_TIMEOUT_S,
+				  MHD_OPTION_NOTIFY_COMPLETED, request_done, s,
+				  MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL,
 				  MHD_OPTION_END);
 	if (!s->mhd) {
 		log_msg(LOG_ERR, "data server: libmicrohttpd failed to start");

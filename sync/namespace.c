@@ -56,6 +56,16 @@ enum {
 	NF_LAZY = 1 << 3,	/* a mirror node made by lookup, dropped at forget */
 };
 
+/* One host's entry at a path. */
+struct ns_version {
+	struct hash128 hash;
+	uint64_t size;
+	int64_t mtime_ns;
+	int64_t confirmed_at;
+	int16_t host;
+	int16_t origin;
+};
+
 struct ns_child {
 	uint32_t cookie;
 	struct ns_node *node;	/* NULL: a hole left by a removal */
@@ -67,7 +77,8 @@ struct ns_dir {
 	uint32_t cap;
 	uint32_t holes;
 	uint32_t next_cookie;
-	uint32_t live;
+	uint32_t attached;	/* children in the tree */
+	uint32_t live;		/* attached + detached ones still holding this dir as parent */
 };
 
 struct ns_node {
@@ -85,9 +96,13 @@ struct ns_node {
 	uint8_t area;
 	uint8_t flags;
 	int8_t cat;			/* category index, -1 outside categories */
-	int16_t host;			/* NA_HOST/NA_MIRROR: host index; files: origin */
+	int16_t host;			/* NA_HOST/NA_MIRROR: host index; files: host shown */
 	uint16_t open_writers;
-	/* The published version (NF_PUBLISHED). */
+	int16_t origin;			/* files: host that produced the version shown */
+	uint16_t nvers;			/* entries in vers */
+	/* The version shown (NF_PUBLISHED): the only one when vers is NULL, else the winner of
+	 * vers, the versions that several hosts hold at this path. */
+	struct ns_version *vers;
 	uint64_t size;
 	int64_t mtime_ns;
 	int64_t confirmed_at;
@@ -244,6 +259,7 @@ static struct ns_node *node_new(struct ns *ns, const char *name, enum ns_kind ki
 	n->area = area;
 	n->cat = cat;
 	n->host = -1;
+	n->origin = -1;
 	ino_insert(ns, n);
 	ns->n_nodes++;
 	return n;
@@ -272,6 +288,7 @@ static void node_maybe_free(struct ns *ns, struct ns_node *n)
 		if (n->dir)
 			free(n->dir->ents);
 		free(n->dir);
+		free(n->vers);
 		free(n->name);
 		free(n);
 		if (alias) {
@@ -299,6 +316,7 @@ static int dir_append(struct ns_dir *d, struct ns_node *child)
 	d->ents[d->n].cookie = child->cookie;
 	d->ents[d->n].node = child;
 	d->n++;
+	d->attached++;
 	d->live++;
 	return 0;
 }
@@ -327,6 +345,7 @@ static void dir_remove(struct ns_dir *d, struct ns_node *child)
 		return;
 	d->ents[i].node = NULL;
 	d->holes++;
+	d->attached--;
 	d->live--;
 	if (d->holes > 16 && d->holes > d->n / 2) {
 		uint32_t w = 0;
@@ -587,10 +606,8 @@ int ns_create(const struct mfs_config *cfg, const struct ns_hooks *hooks, void *
 			if (!m || node_attach(ns, hn, m) < 0)
 				goto fail;
 			m->host = (int16_t)h;
-			if ((int)h == ns->self_host) {
-				m->alias = ns->cat_roots[i];
-				m->alias->refs++;
-			}
+			m->alias = ns->cat_roots[i];
+			m->alias->refs++;
 		}
 	}
 	*out = ns;
@@ -613,6 +630,7 @@ void ns_destroy(struct ns *ns)
 				if (n->dir)
 					free(n->dir->ents);
 				free(n->dir);
+				free(n->vers);
 				free(n->name);
 				free(n);
 			}
@@ -665,16 +683,228 @@ static void inval_deliver(struct ns *ns, const struct ns_inval *iv)
 				     iv->ino);
 }
 
-static int put_file_locked(struct ns *ns, size_t cat, const struct cat_entry *e,
-			   struct ns_inval *iv)
+/* ---- versions ---- */
+
+static size_t node_nvers(const struct ns_node *n)
 {
+	if (n->vers)
+		return n->nvers;
+	return (n->flags & NF_PUBLISHED) ? 1 : 0;
+}
+
+static struct ns_version node_ver(const struct ns_node *n, size_t i)
+{
+	struct ns_version v;
+
+	if (n->vers)
+		return n->vers[i];
+	v.hash = n->hash;
+	v.size = n->size;
+	v.mtime_ns = n->mtime_ns;
+	v.confirmed_at = n->confirmed_at;
+	v.host = n->host;
+	v.origin = n->origin;
+	return v;
+}
+
+static int host_cmp(const struct ns *ns, int a, int b)
+{
+	return strcmp(ns->cfg->hosts[a].name, ns->cfg->hosts[b].name);
+}
+
+/*
+ * Shows the winning version of @f (INTERFACE.md: greatest mtime_ns, ties to the smallest host
+ * name); among the hosts holding those very bytes this node is preferred, so data that is here
+ * is read from here. Returns true when what the kernel may have cached changed. The caller
+ * keeps ns->n_bytes in step (it counts the size shown).
+ */
+static bool node_pick(struct ns *ns, struct ns_node *f)
+{
+	size_t n = node_nvers(f), best = 0;
+	struct ns_version w;
+	bool changed;
+
+	if (n == 0)
+		return false;
+	for (size_t i = 1; i < n; i++) {
+		struct ns_version v = node_ver(f, i), b = node_ver(f, best);
+
+		if (v.mtime_ns > b.mtime_ns ||
+		    (v.mtime_ns == b.mtime_ns && host_cmp(ns, v.host, b.host) < 0))
+			best = i;
+	}
+	w = node_ver(f, best);
+	for (size_t i = 0; i < n; i++) {
+		struct ns_version v = node_ver(f, i);
+
+		if (v.host == ns->self_host && hash_equal(&v.hash, &w.hash))
+			w = v;
+	}
+	changed = !hash_equal(&f->hash, &w.hash) || f->host != w.host || f->size != w.size ||
+		  f->mtime_ns != w.mtime_ns;
+	f->hash = w.hash;
+	f->size = w.size;
+	f->mtime_ns = w.mtime_ns;
+	f->confirmed_at = w.confirmed_at;
+	f->host = w.host;
+	f->origin = w.origin;
+	return changed;
+}
+
+/* Adds or replaces @host's version in @f. */
+static int node_set_version(struct ns_node *f, const struct ns_version *v)
+{
+	size_t n = node_nvers(f);
+	struct ns_version *vers;
+
+	if (!f->vers && n == 1 && f->host == v->host) {
+		f->hash = v->hash;
+		f->size = v->size;
+		f->mtime_ns = v->mtime_ns;
+		f->confirmed_at = v->confirmed_at;
+		f->origin = v->origin;
+		return 0;
+	}
+	if (n == 0) {
+		f->host = v->host;
+		f->hash = v->hash;
+		f->size = v->size;
+		f->mtime_ns = v->mtime_ns;
+		f->confirmed_at = v->confirmed_at;
+		f->origin = v->origin;
+		return 0;
+	}
+	if (!f->vers) {
+		vers = malloc(2 * sizeof(*vers));
+		if (!vers)
+			return -ENOMEM;
+		vers[0] = node_ver(f, 0);
+		f->vers = vers;
+		f->nvers = 1;
+	}
+	for (size_t i = 0; i < f->nvers; i++) {
+		if (f->vers[i].host == v->host) {
+			f->vers[i] = *v;
+			return 0;
+		}
+	}
+	vers = realloc(f->vers, (f->nvers + 1) * sizeof(*vers));
+	if (!vers)
+		return -ENOMEM;
+	f->vers = vers;
+	f->vers[f->nvers++] = *v;
+	return 0;
+}
+
+/* Drops @host's version from @f. Returns false if it had none. */
+static bool node_drop_version(struct ns_node *f, int host)
+{
+	if (!f->vers) {
+		if (!(f->flags & NF_PUBLISHED) || f->host != host)
+			return false;
+		f->flags &= ~NF_PUBLISHED;
+		return true;
+	}
+	for (size_t i = 0; i < f->nvers; i++) {
+		if (f->vers[i].host != host)
+			continue;
+		f->vers[i] = f->vers[--f->nvers];
+		if (f->nvers == 1) {
+			/* Back to one version: keep it inline. */
+			struct ns_version v = f->vers[0];
+
+			free(f->vers);
+			f->vers = NULL;
+			f->nvers = 0;
+			f->host = v.host;
+			f->hash = v.hash;
+			f->size = v.size;
+			f->mtime_ns = v.mtime_ns;
+			f->confirmed_at = v.confirmed_at;
+			f->origin = v.origin;
+		}
+		return true;
+	}
+	return false;
+}
+
+/* True when @host holds a version at @f; its version in *out. */
+static bool node_host_version(const struct ns_node *f, int host, struct ns_version *out)
+{
+	for (size_t i = 0, n = node_nvers(f); i < n; i++) {
+		struct ns_version v = node_ver(f, i);
+
+		if (v.host == host) {
+			if (out)
+				*out = v;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Bitmask of the hosts (index < 64) whose version at @f has the bytes @hash. */
+static uint64_t node_sources(const struct ns_node *f, const struct hash128 *hash)
+{
+	uint64_t mask = 0;
+
+	for (size_t i = 0, n = node_nvers(f); i < n; i++) {
+		struct ns_version v = node_ver(f, i);
+
+		if (v.host >= 0 && v.host < 64 && hash_equal(&v.hash, hash))
+			mask |= (uint64_t)1 << v.host;
+	}
+	return mask;
+}
+
+/* Whether @f is served from this node's own data dir. */
+static bool node_is_local(const struct ns *ns, const struct ns_node *f)
+{
+	if (f->kind != NK_FILE)
+		return true;
+	return !(f->flags & NF_PUBLISHED) || f->host == ns->self_host;
+}
+
+/* Removes empty directories that exist only because of other hosts' files, bottom up. */
+static void prune_dirs(struct ns *ns, struct ns_node *d)
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	while (d && d->area == NA_UNION && d->parent && d->parent->area == NA_UNION &&
+	       d->dir->attached == 0 && (d->flags & NF_ATTACHED)) {
+		struct ns_node *parent = d->parent;
+
+		if (node_backing(ns, d, path, sizeof(path)) == 0 && lstat(path, &st) == 0)
+			return; /* this node has the directory itself */
+		node_detach(ns, d);
+		d = parent;
+	}
+}
+
+static int put_version_locked(struct ns *ns, size_t cat, int host, const struct cat_entry *e,
+			      struct ns_inval *iv)
+{
+	struct ns_version v = {
+		.hash = e->hash,
+		.size = e->size,
+		.mtime_ns = e->mtime_ns,
+		.confirmed_at = e->confirmed_at,
+		.host = (int16_t)host,
+		.origin = (int16_t)host,
+	};
 	char dir[PATH_MAX];
 	const char *base = split_path(e->path, dir, sizeof(dir));
+	const struct cfg_host *origin;
 	struct ns_node *d, *f;
+	bool was_published;
 	int err;
 
 	if (!base || !*base)
 		return -EINVAL;
+	origin = e->origin ? config_find_host(ns->cfg, e->origin) : NULL;
+	if (origin)
+		v.origin = (int16_t)(origin - ns->cfg->hosts);
 	d = union_dir(ns, cat, dir, &err);
 	if (!d)
 		return err;
@@ -685,12 +915,8 @@ static int put_file_locked(struct ns *ns, size_t cat, const struct cat_entry *e,
 		f = node_new(ns, base, NK_FILE, NA_UNION, (int)cat);
 		if (!f)
 			return -ENOMEM;
-		f->host = (int16_t)ns->self_host;
+		node_set_version(f, &v);
 		f->flags |= NF_PUBLISHED;
-		f->size = e->size;
-		f->mtime_ns = e->mtime_ns;
-		f->hash = e->hash;
-		f->confirmed_at = e->confirmed_at;
 		err = node_attach(ns, d, f);
 		if (err < 0) {
 			node_maybe_free(ns, f);
@@ -703,33 +929,46 @@ static int put_file_locked(struct ns *ns, size_t cat, const struct cat_entry *e,
 		}
 		return 0;
 	}
+	was_published = f->flags & NF_PUBLISHED;
+	if (!was_published && host != ns->self_host && f->host == ns->self_host) {
+		/* Being written through the mount here: the writer's file stays what is shown
+		 * until it is published and competes like any version. */
+		return 0;
+	}
+	if (was_published)
+		ns->n_bytes -= f->size;
+	else
+		ns->n_files++;
+	err = node_set_version(f, &v);
+	f->flags |= NF_PUBLISHED;
+	if (err == 0)
+		node_pick(ns, f);
+	ns->n_bytes += f->size;
+	if (err < 0)
+		return err;
+	/* Attributes or content may differ from what the kernel holds: let it ask again. */
 	if (f->nlookup > 0) {
 		iv->valid = true;
 		iv->ino = f->ino;
 	}
-	if (f->flags & NF_PUBLISHED)
-		ns->n_bytes -= f->size;
-	else
-		ns->n_files++;
-	f->flags |= NF_PUBLISHED;
-	f->size = e->size;
-	f->mtime_ns = e->mtime_ns;
-	f->hash = e->hash;
-	f->confirmed_at = e->confirmed_at;
-	f->host = (int16_t)ns->self_host;
-	ns->n_bytes += f->size;
 	return 0;
 }
 
 int ns_put_file(struct ns *ns, size_t cat_idx, const struct cat_entry *e)
 {
+	return ns_put_version(ns, (size_t)ns->self_host, cat_idx, e);
+}
+
+int ns_put_version(struct ns *ns, size_t host_idx, size_t cat_idx, const struct cat_entry *e)
+{
 	struct ns_inval iv = { 0 };
 	int ret;
 
-	if (cat_idx >= ns->cfg->n_categories || !path_is_clean_relative(e->path))
+	if (cat_idx >= ns->cfg->n_categories || host_idx >= ns->cfg->n_hosts ||
+	    !path_is_clean_relative(e->path))
 		return -EINVAL;
 	pthread_rwlock_wrlock(&ns->lock);
-	ret = put_file_locked(ns, cat_idx, e, &iv);
+	ret = put_version_locked(ns, cat_idx, (int)host_idx, e, &iv);
 	pthread_rwlock_unlock(&ns->lock);
 	inval_deliver(ns, &iv);
 	return ret;
@@ -755,7 +994,34 @@ static struct ns_node *union_find(struct ns *ns, size_t cat, const char *path)
 	return n;
 }
 
-static int remove_locked(struct ns *ns, size_t cat, const char *path, bool want_dir,
+/* Drops @host's version of @f; the node goes when no version is left. */
+static void drop_version_locked(struct ns *ns, struct ns_node *f, int host, struct ns_inval *iv)
+{
+	uint64_t old_size = f->size;
+	struct ns_node *parent = f->parent;
+
+	if (!node_drop_version(f, host))
+		return;
+	if (node_nvers(f) > 0) {
+		node_pick(ns, f);
+		ns->n_bytes += f->size - old_size;
+		if (f->nlookup > 0) {
+			iv->valid = true;
+			iv->ino = f->ino;
+		}
+		return;
+	}
+	/* NF_PUBLISHED is already clear, so node_detach() will not count it out. */
+	ns->n_files--;
+	ns->n_bytes -= old_size;
+	iv->valid = true;
+	iv->parent = parent->ino;
+	snprintf(iv->name, sizeof(iv->name), "%s", f->name);
+	node_detach(ns, f);
+	prune_dirs(ns, parent);
+}
+
+static int remove_locked(struct ns *ns, size_t cat, int host, const char *path, bool want_dir,
 			 struct ns_inval *iv)
 {
 	struct ns_node *n = union_find(ns, cat, path);
@@ -764,29 +1030,76 @@ static int remove_locked(struct ns *ns, size_t cat, const char *path, bool want_
 		return -ENOENT;
 	if (want_dir != (n->kind == NK_DIR))
 		return want_dir ? -ENOTDIR : -EISDIR;
-	if (n->dir && n->dir->live > 0)
-		return -ENOTEMPTY;
-	if (!want_dir && !(n->flags & NF_PUBLISHED))
-		return -ENOENT; /* being written through the mount: not the indexer's to drop */
-	iv->valid = true;
-	iv->parent = n->parent->ino;
-	snprintf(iv->name, sizeof(iv->name), "%s", n->name);
-	node_detach(ns, n);
+	if (want_dir) {
+		if (n->dir->attached > 0)
+			return -ENOTEMPTY;
+		iv->valid = true;
+		iv->parent = n->parent->ino;
+		snprintf(iv->name, sizeof(iv->name), "%s", n->name);
+		node_detach(ns, n);
+		return 0;
+	}
+	if (!(n->flags & NF_PUBLISHED) || !node_host_version(n, host, NULL))
+		return -ENOENT; /* being written through the mount, or not that host's */
+	drop_version_locked(ns, n, host, iv);
 	return 0;
 }
 
 int ns_remove_file(struct ns *ns, size_t cat_idx, const char *path)
 {
+	return ns_remove_version(ns, (size_t)ns->self_host, cat_idx, path);
+}
+
+int ns_remove_version(struct ns *ns, size_t host_idx, size_t cat_idx, const char *path)
+{
 	struct ns_inval iv = { 0 };
 	int ret;
 
-	if (cat_idx >= ns->cfg->n_categories)
+	if (cat_idx >= ns->cfg->n_categories || host_idx >= ns->cfg->n_hosts)
 		return -EINVAL;
 	pthread_rwlock_wrlock(&ns->lock);
-	ret = remove_locked(ns, cat_idx, path, false, &iv);
+	ret = remove_locked(ns, cat_idx, (int)host_idx, path, false, &iv);
 	pthread_rwlock_unlock(&ns->lock);
 	inval_deliver(ns, &iv);
 	return ret;
+}
+
+void ns_remove_host(struct ns *ns, size_t host_idx)
+{
+	struct ns_node **files = NULL;
+	size_t n = 0, cap = 0;
+
+	if (host_idx >= ns->cfg->n_hosts || (int)host_idx == ns->self_host)
+		return;
+	pthread_rwlock_wrlock(&ns->lock);
+	/* Collect first: dropping versions changes the tables being walked. */
+	for (size_t b = 0; b <= ns->by_ino.mask; b++) {
+		for (struct ns_node *f = ns->by_ino.buckets[b]; f; f = f->ino_next) {
+			if (f->kind != NK_FILE || f->area != NA_UNION ||
+			    !(f->flags & NF_ATTACHED) || !node_host_version(f, (int)host_idx, NULL))
+				continue;
+			if (n == cap) {
+				size_t c = cap ? cap * 2 : 256;
+				struct ns_node **bigger = realloc(files, c * sizeof(*files));
+
+				if (!bigger)
+					break;
+				files = bigger;
+				cap = c;
+			}
+			f->refs++;
+			files[n++] = f;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct ns_inval iv = { 0 };
+
+		drop_version_locked(ns, files[i], (int)host_idx, &iv);
+		files[i]->refs--;
+		node_maybe_free(ns, files[i]);
+	}
+	pthread_rwlock_unlock(&ns->lock);
+	free(files);
 }
 
 int ns_put_dir(struct ns *ns, size_t cat_idx, const char *path)
@@ -809,7 +1122,7 @@ int ns_remove_dir(struct ns *ns, size_t cat_idx, const char *path)
 	if (cat_idx >= ns->cfg->n_categories || !*path)
 		return -EINVAL;
 	pthread_rwlock_wrlock(&ns->lock);
-	ret = remove_locked(ns, cat_idx, path, true, &iv);
+	ret = remove_locked(ns, cat_idx, ns->self_host, path, true, &iv);
 	pthread_rwlock_unlock(&ns->lock);
 	inval_deliver(ns, &iv);
 	return ret;
@@ -826,9 +1139,10 @@ static int load_one(void *arg, const struct cat_entry *e)
 	struct load_ctx *lc = arg;
 	struct ns_inval iv = { 0 };
 	int cat = config_category_index(lc->ns->cfg, e->category);
+	const struct cfg_host *h = config_find_host(lc->ns->cfg, e->host);
 
-	if (cat < 0 || !path_is_clean_relative(e->path) ||
-	    put_file_locked(lc->ns, (size_t)cat, e, &iv) < 0)
+	if (cat < 0 || !h || !path_is_clean_relative(e->path) ||
+	    put_version_locked(lc->ns, (size_t)cat, (int)(h - lc->ns->cfg->hosts), e, &iv) < 0)
 		lc->skipped++;
 	else
 		lc->loaded++;
@@ -843,12 +1157,14 @@ int ns_load(struct ns *ns, struct catalog *cat)
 	/* The tree is not yet visible to anyone, but the catalog callback must not run under
 	 * our lock by the locking rules; build it unlocked. */
 	ret = catalog_foreach(cat, ns->cfg->node, load_one, &lc);
+	if (ret == 0)
+		ret = catalog_foreach_remote(cat, ns->cfg->node, load_one, &lc);
 	if (ret < 0)
 		return ret;
 	if (lc.skipped)
-		log_msg(LOG_WARNING, "catalog: %zu entries of this node skipped (unknown category or "
+		log_msg(LOG_WARNING, "catalog: %zu entries skipped (unknown host or category, or a "
 			"bad path)", lc.skipped);
-	log_msg(LOG_INFO, "namespace: %zu files loaded from the catalog", lc.loaded);
+	log_msg(LOG_INFO, "namespace: %zu entries loaded from the catalog", lc.loaded);
 	return 0;
 }
 
@@ -864,34 +1180,65 @@ struct node_snap {
 	bool read_only;
 	bool published;
 	bool detached;
+	bool remote;		/* the version shown lives on other hosts */
 	uint64_t size;
 	int64_t mtime_ns;
-	char path[PATH_MAX];
+	struct hash128 hash;
+	uint64_t sources;
+	char path[PATH_MAX];	/* backing path, or for remote data the path in the category */
 };
 
-static bool node_read_only(const struct ns_node *n)
+static bool node_read_only(const struct ns *ns, const struct ns_node *n)
 {
-	return n->area != NA_UNION;
+	return n->area != NA_UNION || !node_is_local(ns, n);
+}
+
+/* The version a node shows: a mirror node shows its host's version of the union file. */
+static bool shown_version(const struct ns *ns, const struct ns_node *n, struct ns_version *v)
+{
+	const struct ns_node *u = n->area == NA_MIRROR ? n->alias : n;
+
+	if (!u || u->kind != NK_FILE || !(u->flags & NF_PUBLISHED))
+		return false;
+	if (n->area == NA_MIRROR)
+		return node_host_version(u, n->host, v);
+	*v = node_ver(u, 0);
+	v->hash = u->hash;
+	v->size = u->size;
+	v->mtime_ns = u->mtime_ns;
+	v->confirmed_at = u->confirmed_at;
+	v->host = u->host;
+	v->origin = u->origin;
+	return true;
 }
 
 static int snap_node(struct ns *ns, const struct ns_node *n, struct node_snap *s)
 {
 	const struct ns_node *u = n->area == NA_MIRROR ? n->alias : n;
+	struct ns_version v;
+	bool have = shown_version(ns, n, &v);
 
 	s->ino = n->ino;
 	s->kind = n->kind;
 	s->area = n->area;
 	s->cat = n->cat;
-	s->read_only = node_read_only(n);
-	s->published = u && (u->flags & NF_PUBLISHED);
-	s->size = u ? u->size : 0;
-	s->mtime_ns = u ? u->mtime_ns : 0;
+	s->read_only = node_read_only(ns, n);
+	s->published = have;
+	s->size = have ? v.size : 0;
+	s->mtime_ns = have ? v.mtime_ns : 0;
+	s->hash = have ? v.hash : (struct hash128){ 0, 0 };
+	s->sources = have && u ? node_sources(u, &v.hash) : 0;
+	s->remote = have && v.host != ns->self_host;
 	/* A detached node's old path may name another file by now. */
-	s->has_backing = u && u->area == NA_UNION && (u->flags & NF_ATTACHED) &&
-			 (n->flags & NF_ATTACHED) &&
-			 node_backing(ns, u, s->path, sizeof(s->path)) == 0;
 	s->detached = !(n->flags & NF_ATTACHED) || (u && !(u->flags & NF_ATTACHED));
-	if (!s->has_backing)
+	s->has_backing = false;
+	if (u && u->area == NA_UNION && !s->detached) {
+		if (s->remote)
+			node_relpath(u, s->path, sizeof(s->path));
+		else
+			s->has_backing = node_backing(ns, u, s->path, sizeof(s->path)) == 0;
+	}
+	if (!s->has_backing && !s->remote)
 		s->path[0] = '\0';
 	return 0;
 }
@@ -910,6 +1257,7 @@ static void synth_attr(struct ns *ns, const struct node_snap *s, struct stat *st
 		st->st_nlink = 1;
 		break;
 	default:
+		/* Another host's file: readable by all, written only by its origin. */
 		st->st_mode = S_IFREG | 0444;
 		st->st_nlink = 1;
 		st->st_size = (off_t)s->size;
@@ -961,9 +1309,11 @@ int ns_getattr(struct ns *ns, uint64_t ino, struct stat *st)
 int ns_info(struct ns *ns, uint64_t ino, struct ns_info *info)
 {
 	const struct ns_node *n, *u;
+	struct ns_version v;
 	int ret = 0;
 
 	memset(info, 0, sizeof(*info));
+	info->host_idx = -1;
 	pthread_rwlock_rdlock(&ns->lock);
 	n = ino_find(ns, ino);
 	if (!n) {
@@ -973,26 +1323,37 @@ int ns_info(struct ns *ns, uint64_t ino, struct ns_info *info)
 	u = n->area == NA_MIRROR ? n->alias : n;
 	info->is_dir = n->kind == NK_DIR;
 	info->is_file = n->kind == NK_FILE;
+	info->is_symlink = n->kind == NK_SYMLINK;
 	info->is_root = n == ns->root;
-	info->read_only = node_read_only(n);
+	info->read_only = node_read_only(ns, n);
 	info->cat_idx = n->cat;
 	if (n->cat >= 0 && ns->cat_passthrough[n->cat])
 		info->state = NS_STATE_PASSTHROUGH;
 	else
 		info->state = NS_STATE_LOCAL;
-	if (u && u->area == NA_UNION) {
-		info->published = u->flags & NF_PUBLISHED;
-		info->hash = u->hash;
-		info->size = u->size;
-		info->mtime_ns = u->mtime_ns;
-		info->confirmed_at = u->confirmed_at;
-		if (u->host >= 0)
-			snprintf(info->origin, sizeof(info->origin), "%s",
-				 ns->cfg->hosts[u->host].name);
+	if (u && u->area == NA_UNION)
 		node_relpath(u, info->path, sizeof(info->path));
+	if (shown_version(ns, n, &v)) {
+		info->published = true;
+		info->hash = v.hash;
+		info->size = v.size;
+		info->mtime_ns = v.mtime_ns;
+		info->confirmed_at = v.confirmed_at;
+		info->host_idx = v.host;
+		info->sources = node_sources(u, &v.hash);
+		if (v.host != ns->self_host)
+			info->state = NS_STATE_REMOTE;
+		if (v.origin >= 0)
+			snprintf(info->origin, sizeof(info->origin), "%s",
+				 ns->cfg->hosts[v.origin].name);
 	}
-	if (!info->origin[0] && n->kind == NK_FILE)
+	if (!info->origin[0] && n->kind == NK_FILE) {
+		/* Being written here: this node is producing it. */
 		snprintf(info->origin, sizeof(info->origin), "%s", ns->cfg->node);
+		info->host_idx = ns->self_host;
+		if (ns->self_host < 64)
+			info->sources = (uint64_t)1 << ns->self_host;
+	}
 out:
 	pthread_rwlock_unlock(&ns->lock);
 	return ret;
@@ -1024,9 +1385,15 @@ static struct ns_node *mirror_child(struct ns *ns, struct ns_node *parent, struc
 }
 
 /* Whether mirror dir @parent (of host parent->host) shows union child @u. */
-static bool mirror_shows(const struct ns_node *parent, const struct ns_node *u)
+static bool mirror_shows(const struct ns *ns, const struct ns_node *parent,
+			 const struct ns_node *u)
 {
-	return u->kind == NK_DIR || u->host == parent->host;
+	if (u->kind == NK_DIR)
+		return true;
+	if (u->kind == NK_FILE && (u->flags & NF_PUBLISHED))
+		return node_host_version(u, parent->host, NULL);
+	/* Symlinks and files being written exist only on this node. */
+	return parent->host == ns->self_host;
 }
 
 /* Finds child @name of @parent (creating mirror nodes on demand). Lock held for writing. */
@@ -1039,7 +1406,7 @@ static struct ns_node *find_child_locked(struct ns *ns, struct ns_node *parent, 
 	if (parent->area != NA_MIRROR || !parent->alias)
 		return child_find(ns, parent, name);
 	u = child_find(ns, parent->alias, name);
-	if (!u || !mirror_shows(parent, u))
+	if (!u || !mirror_shows(ns, parent, u))
 		return NULL;
 	return mirror_child(ns, parent, u);
 }
@@ -1151,7 +1518,7 @@ int ns_readdir(struct ns *ns, uint64_t dir, off_t off, bool plus, ns_dirent_fn f
 			if (!c)
 				continue;
 			if (src != d) {
-				if (!mirror_shows(d, c))
+				if (!mirror_shows(ns, d, c))
 					continue;
 				if (plus) {
 					c = mirror_child(ns, d, c);
@@ -1192,7 +1559,8 @@ out:
 
 /* ------------------------------------------------------------------ open, release */
 
-int ns_open(struct ns *ns, uint64_t ino, int flags, int *fd, bool *keep_cache)
+int ns_open(struct ns *ns, uint64_t ino, int flags, int *fd, bool *keep_cache,
+	    struct ns_remote *remote)
 {
 	bool writing = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
 	struct node_snap s;
@@ -1211,8 +1579,19 @@ int ns_open(struct ns *ns, uint64_t ino, int flags, int *fd, bool *keep_cache)
 		return -EISDIR;
 	if (writing && s.read_only)
 		return -EROFS;
+	if (s.remote) {
+		if (!remote)
+			return -EREMOTE;
+		remote->cat_idx = (size_t)s.cat;
+		snprintf(remote->path, sizeof(remote->path), "%s", s.path);
+		remote->hash = s.hash;
+		remote->size = s.size;
+		remote->mtime_ns = s.mtime_ns;
+		remote->sources = s.sources;
+		return -EREMOTE;
+	}
 	if (!s.has_backing)
-		return -EIO; /* remote data: fetched by the cluster layer (later issue) */
+		return -ENOENT;
 
 	*fd = open(s.path, (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW);
 	if (*fd < 0)
@@ -1282,19 +1661,29 @@ static int prepare_change(struct ns *ns, uint64_t parent, const char *name, char
 		ret = -ENOENT;
 	else if (p->kind != NK_DIR)
 		ret = -ENOTDIR;
-	else if (node_read_only(p))
+	else if (node_read_only(ns, p))
 		ret = -EROFS;
 	else
 		ret = child_backing(ns, p, name, path, size);
-	if (ret == 0)
-		*cat = p->cat;
-	pthread_rwlock_unlock(&ns->lock);
-	if (ret == 0 && p == ns->cat_roots[*cat]) {
-		/* The category dir may not exist yet on a node that never held its data. */
-		int r = mkdir_p(ns->cat_dirs[*cat], 0755);
+	if (ret == 0) {
+		struct ns_node *c = child_find(ns, p, name);
 
-		if (r < 0)
-			ret = r;
+		*cat = p->cat;
+		/* Another host's file is read-only here, whatever the operation. */
+		if (c && c->kind == NK_FILE && !node_is_local(ns, c))
+			ret = -EROFS;
+	}
+	pthread_rwlock_unlock(&ns->lock);
+	if (ret == 0) {
+		/* The directory may exist only on other hosts so far (or, for a category root,
+		 * nowhere yet): what is written here is created in this node's data dir. */
+		char *slash = strrchr(path, '/');
+		struct stat st;
+
+		*slash = '\0';
+		if (lstat(path, &st) < 0 && errno == ENOENT)
+			ret = mkdir_p(path, 0755);
+		*slash = '/';
 	}
 	return ret;
 }

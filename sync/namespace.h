@@ -44,6 +44,16 @@ struct ns_entry {
 	bool local;	/* served from this node's storage: short kernel cache timeouts */
 };
 
+/* A version that lives on other hosts: what a read must fetch (ns_open gives -EREMOTE). */
+struct ns_remote {
+	size_t cat_idx;
+	char path[4096];	/* relative to the category */
+	struct hash128 hash;
+	uint64_t size;
+	int64_t mtime_ns;
+	uint64_t sources;	/* bit i = host i holds these bytes (hosts 0..63) */
+};
+
 /* Who asks, for ownership of new files. */
 struct ns_caller {
 	uid_t uid;
@@ -71,12 +81,15 @@ enum ns_state {
 
 struct ns_info {
 	bool is_dir;
+	bool is_symlink;
 	bool is_file;
 	bool published;		/* has a catalog version (hash valid) */
 	bool read_only;		/* under /.hosts, or another node's data */
 	bool is_root;
 	enum ns_state state;
 	int cat_idx;		/* -1 for /, /.hosts and /.hosts/<host> */
+	int host_idx;		/* files: the host whose version is shown */
+	uint64_t sources;	/* files: bit i = host i holds these very bytes */
 	char origin[64];
 	struct hash128 hash;
 	uint64_t size;
@@ -100,6 +113,16 @@ int ns_load(struct ns *ns, struct catalog *cat);
 /* Population from the indexer: a published file, a deleted one, a directory seen or gone. */
 int ns_put_file(struct ns *ns, size_t cat_idx, const struct cat_entry *e);
 int ns_remove_file(struct ns *ns, size_t cat_idx, const char *path);
+
+/*
+ * Population from other hosts' manifests: host @host_idx (index into cfg->hosts) holds version
+ * @e at (category, path), or no longer holds anything there. A path held by several hosts
+ * shows one version: the greatest mtime_ns, ties to the smallest host name; hosts holding the
+ * same bytes are all its sources. ns_remove_host drops everything of a host.
+ */
+int ns_put_version(struct ns *ns, size_t host_idx, size_t cat_idx, const struct cat_entry *e);
+int ns_remove_version(struct ns *ns, size_t host_idx, size_t cat_idx, const char *path);
+void ns_remove_host(struct ns *ns, size_t host_idx);
 int ns_put_dir(struct ns *ns, size_t cat_idx, const char *path);
 int ns_remove_dir(struct ns *ns, size_t cat_idx, const char *path);
 
@@ -135,9 +158,11 @@ int ns_readdir(struct ns *ns, uint64_t dir, off_t off, bool plus, ns_dirent_fn f
  * Opens the data of @ino with open(2) @flags (O_CREAT/O_EXCL ignored). Returns 0 and an fd
  * in *fd (the caller closes it); *keep_cache is true when the content is unchanged since the
  * previous open, so the kernel's page cache can be kept. Write access to read-only data gives
- * -EROFS.
+ * -EROFS. Data that is not on this node gives -EREMOTE and what to fetch in *remote (may be
+ * NULL when the caller only opens local data).
  */
-int ns_open(struct ns *ns, uint64_t ino, int flags, int *fd, bool *keep_cache);
+int ns_open(struct ns *ns, uint64_t ino, int flags, int *fd, bool *keep_cache,
+	    struct ns_remote *remote);
 /* An fd from ns_open/ns_create_file is being closed; @writable: it was opened for writing,
  * @wrote: data or size changed through it (the file is then published). */
 void ns_release(struct ns *ns, uint64_t ino, bool writable, bool wrote);

@@ -6,16 +6,16 @@
  * are built from that snapshot, so the numbers in one answer agree with each other. No lock of
  * ours is held at any time; the indexer and the catalog lock themselves.
  *
- * What this node can know today (no peer is contacted yet):
+ * What goes in:
  *   - this node is "up", its circuit "closed"; its manifest is confirmed by the indexer, so
  *     its lag is the time since the last full scan finished (since the daemon started, before
  *     the first scan is done);
- *   - every other configured host, active or not, was never reached: state "down", circuit
- *     "closed", last_seen_s and lag_s null, errors 0;
- *   - no other host holds a verified copy of this node's files, so every own file has 0
- *     copies elsewhere and counts as unreplicated whenever replication_target > 0.
- * When the cluster issue brings manifests and peer health, host_views() is the one place that
- * fills in the peers; everything downstream already handles reached peers.
+ *   - every other host as the manifest pulls saw it (sync/peers.h): up / degraded / down, the
+ *     time since the last successful pull (its lag), and the failed requests; a host never
+ *     reached has last_seen_s and lag_s null. Circuits arrive with the coordinator: "closed";
+ *   - copies of this node's files that other hosts hold are not tracked yet (replication is
+ *     the AutoSync issue), so every own file counts as unreplicated whenever
+ *     replication_target > 0.
  */
 #include "sync/status.h"
 
@@ -27,9 +27,11 @@
 
 #include "sync/catalog.h"
 #include "sync/config.h"
+#include "sync/cache.h"
 #include "sync/daemon.h"
 #include "sync/indexer.h"
 #include "sync/log.h"
+#include "sync/peers.h"
 #include "sync/util.h"
 
 #define STALE_LAG_S (30 * 60)
@@ -163,10 +165,27 @@ static int host_views(struct snap *s, bool peer_totals)
 			self_totals(s, &v->files, &v->bytes);
 			v->unreplicated = own_unreplicated(cfg, v->bytes);
 		} else {
-			/* Never reached: no manifest, no health. Their own unreplicated bytes are
-			 * learned from their health once reached; until then 0. */
-			v->reached = false;
-			v->state = "down";
+			struct peer_status ps = { 0 };
+
+			/* What the manifest pulls saw of it. A host never reached has no lag and
+			 * no last_seen; its own unreplicated bytes are not known here (0). */
+			if (s->d->peers)
+				peers_status(s->d->peers, i, &ps);
+			v->reached = ps.last_seen > 0;
+			v->last_seen_s = v->reached && s->now > ps.last_seen ? s->now - ps.last_seen : 0;
+			v->lag_s = v->last_seen_s;
+			v->errors = ps.errors;
+			switch (ps.state) {
+			case PEER_UP:
+				v->state = "up";
+				break;
+			case PEER_DEGRADED:
+				v->state = "degraded";
+				break;
+			default:
+				v->state = "down";
+				break;
+			}
 			if (peer_totals && cat) {
 				ret = catalog_totals(cat, v->h->name, &v->files, &v->bytes);
 				if (ret < 0) {
@@ -268,10 +287,11 @@ static int64_t uptime(const struct snap *s)
 
 static json_t *cache_json(const struct snap *s)
 {
-	/* Nothing is cached from peers yet. */
-	return json_pack("{s:I,s:I}",
-			 "used", (json_int_t)0,
-			 "max", (json_int_t)s->cfg->cache_max_size);
+	uint64_t used = 0, max = s->cfg->cache_max_size;
+
+	if (s->d->cache)
+		cache_usage(s->d->cache, &used, &max);
+	return json_pack("{s:I,s:I}", "used", (json_int_t)used, "max", (json_int_t)max);
 }
 
 static json_t *indexer_json(const struct snap *s)

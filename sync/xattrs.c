@@ -12,26 +12,36 @@
  * reads as -ENODATA. Setting a readable name gives -EPERM, setting anything else that is not
  * one of the three commands -ENOTSUP, and a bad value -EINVAL.
  *
- * Values today (this node is the only one with data):
+ * Values:
+ *   state       local / passthrough for this node's data; for another host's version, from
+ *               the cache and the fetcher: cached (complete and verified), fetching, partial,
+ *               stale (the cache holds an older version), error (the last fetch failed and
+ *               nothing is here), remote (nothing here);
  *   hash        "" while the file is not published yet (no version exists to name);
+ *   sources     the hosts whose manifest lists these very bytes, in config order;
  *   age         files: now - confirmed_at (0 before the first publication); dirs: seconds since
  *               the indexer's last full scan (since the daemon started, before the first);
- *   sources     the origin (no other host holds a copy yet);
- *   synced_at   "" (nothing is fetched from peers yet), last_error "".
+ *   synced_at   when the cached copy was completed ("" if not, and for local data);
+ *   last_error  the last fetch error of the file ("" if none).
  */
 #include "sync/xattrs.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
 
+#include "sync/cache.h"
 #include "sync/catalog.h"
 #include "sync/config.h"
 #include "sync/daemon.h"
+#include "sync/fetch.h"
 #include "sync/hash.h"
 #include "sync/indexer.h"
 #include "sync/log.h"
@@ -119,6 +129,56 @@ static const char *origin_of(struct daemon *d, const struct ns_info *info)
 	return is_here(info) ? d->cfg->node : "";
 }
 
+/* What the cache holds of a remote file's (category, path); CACHE_NONE if nothing. */
+static void cached_of(struct daemon *d, const struct ns_info *info, struct cache_info *ci)
+{
+	memset(ci, 0, sizeof(*ci));
+	if (d->cache && info->cat_idx >= 0)
+		cache_lookup(d->cache, d->cfg->categories[info->cat_idx].name, info->path, ci);
+}
+
+/* The state name of a file that is another host's version. */
+static const char *remote_state(struct daemon *d, const struct ns_info *info)
+{
+	struct cache_info ci;
+	bool same;
+
+	cached_of(d, info, &ci);
+	same = ci.state != CACHE_NONE && hash_equal(&ci.hash, &info->hash);
+	if (same && ci.state == CACHE_COMPLETE)
+		return "cached";
+	if (d->fetch && fetch_busy(d->fetch, &info->hash))
+		return "fetching";
+	if (same)
+		return "partial";
+	if (ci.state != CACHE_NONE)
+		return "stale";
+	if (ci.last_error[0])
+		return "error";
+	return "remote";
+}
+
+/* "a,b,c": the hosts in @mask, in config order. */
+static int sources_of(struct daemon *d, const struct ns_info *info, char **out)
+{
+	size_t cap = 1, len = 0;
+	char *buf;
+
+	for (size_t h = 0; h < d->cfg->n_hosts && h < 64; h++)
+		if (info->sources & ((uint64_t)1 << h))
+			cap += strlen(d->cfg->hosts[h].name) + 1;
+	buf = malloc(cap);
+	if (!buf)
+		return -ENOMEM;
+	buf[0] = '\0';
+	for (size_t h = 0; h < d->cfg->n_hosts && h < 64; h++)
+		if (info->sources & ((uint64_t)1 << h))
+			len += (size_t)sprintf(buf + len, "%s%s", len ? "," : "",
+					       d->cfg->hosts[h].name);
+	*out = buf;
+	return 0;
+}
+
 static int64_t dir_age(struct daemon *d, int64_t now)
 {
 	struct indexer_stats st = { 0 };
@@ -149,7 +209,8 @@ static int dup_str(const char *s, char **out)
 }
 
 /* Computes the value of readable @key for @info into a new string. */
-static int value_of(struct daemon *d, const struct ns_info *info, const char *key, char **out)
+static int value_of(struct daemon *d, uint64_t ino, const struct ns_info *info, const char *key,
+		    char **out)
 {
 	int64_t now = now_s();
 	char hash[HASH_STR_LEN];
@@ -157,21 +218,48 @@ static int value_of(struct daemon *d, const struct ns_info *info, const char *ke
 	int ret;
 
 	if (strcmp(key, "state") == 0) {
-		ret = dup_str(state_name(info->state), out);
-	} else if (strcmp(key, "origin") == 0 || strcmp(key, "sources") == 0) {
-		/* The only holder of a version today is its origin. */
+		ret = dup_str(is_here(info) ? state_name(info->state) : remote_state(d, info), out);
+	} else if (strcmp(key, "origin") == 0) {
 		ret = dup_str(origin_of(d, info), out);
+	} else if (strcmp(key, "sources") == 0) {
+		ret = info->sources ? sources_of(d, info, out) : dup_str(origin_of(d, info), out);
 	} else if (strcmp(key, "hash") == 0) {
 		hash[0] = '\0';
 		if (info->published)
 			hash_format(&info->hash, hash);
 		ret = dup_str(hash, out);
 	} else if (strcmp(key, "cached_bytes") == 0) {
-		ret = dup_int(is_here(info) ? (int64_t)info->size : 0, out);
+		struct stat st;
+
+		/* Data of this node is all here, published or still being written: its size
+		 * is the backing file's, not the last published one's. */
+		if (is_here(info) && ns_getattr(d->ns, ino, &st) == 0) {
+			ret = dup_int((int64_t)st.st_size, out);
+		} else if (is_here(info)) {
+			ret = dup_int((int64_t)info->size, out);
+		} else {
+			struct cache_info ci;
+
+			cached_of(d, info, &ci);
+			ret = dup_int(hash_equal(&ci.hash, &info->hash) ?
+					      (int64_t)ci.cached_bytes : 0, out);
+		}
 	} else if (strcmp(key, "age") == 0) {
 		ret = dup_int(info->is_dir ? dir_age(d, now) : file_age(info, now), out);
-	} else if (strcmp(key, "synced_at") == 0 || strcmp(key, "last_error") == 0) {
-		ret = dup_str("", out);
+	} else if (strcmp(key, "synced_at") == 0) {
+		struct cache_info ci;
+
+		cached_of(d, info, &ci);
+		if (!is_here(info) && ci.state == CACHE_COMPLETE &&
+		    hash_equal(&ci.hash, &info->hash) && ci.synced_at > 0)
+			ret = dup_int(ci.synced_at, out);
+		else
+			ret = dup_str("", out);
+	} else if (strcmp(key, "last_error") == 0) {
+		struct cache_info ci;
+
+		cached_of(d, info, &ci);
+		ret = dup_str(is_here(info) ? "" : ci.last_error, out);
 	} else if (strcmp(key, "health") == 0) {
 		health = status_health(d);
 		*out = health ? json_dumps(health, JSON_COMPACT) : NULL;
@@ -219,7 +307,7 @@ int xattr_get(struct daemon *d, uint64_t ino, const char *name, char **value, si
 		ret = -ENODATA;
 		goto out;
 	}
-	ret = value_of(d, info, key, &v);
+	ret = value_of(d, ino, info, key, &v);
 	if (ret < 0)
 		goto out;
 	*len = strlen(v);
@@ -311,8 +399,10 @@ static int set_pin(struct daemon *d, const struct ns_info *info, const char *v)
 		ret = -EINVAL;
 		goto out;
 	}
-	ret = catalog_set_pin(d->catalog, cfg->categories[info->cat_idx].name, info->path,
-			      pinned);
+	ret = d->cache ? cache_set_pin(d->cache, cfg->categories[info->cat_idx].name, info->path,
+				       pinned)
+		       : catalog_set_pin(d->catalog, cfg->categories[info->cat_idx].name,
+					 info->path, pinned);
 	if (ret < 0)
 		log_msg(LOG_WARNING, "cannot %s %s/%s: %s", pinned ? "pin" : "unpin",
 			cfg->categories[info->cat_idx].name, info->path, strerror(-ret));
@@ -320,40 +410,133 @@ out:
 	return ret;
 }
 
-/*
- * user.meshfs.prefetch: low|normal|high|critical. Data that is here needs no fetching, so on
- * local and passthrough files and on directories (everything under them is here in this
- * issue) a valid request succeeds at once. Queueing a remote file needs the scheduler, which
- * does not exist yet: -ENOTSUP rather than a success that fetches nothing.
- */
-static int set_prefetch(const struct ns_info *info, const char *v)
+#define PREFETCH_MAX_DEPTH 64
+
+struct prefetch_walk {
+	struct daemon *d;
+	enum fetch_priority prio;
+	int depth;
+	int ret;
+};
+
+/* One directory level of the walk: where its listing got to. */
+struct prefetch_level {
+	struct prefetch_walk *w;
+	off_t last;
+	int listed;
+};
+
+static int prefetch_ino(struct prefetch_walk *w, uint64_t ino);
+
+static int prefetch_child(void *arg, const char *name, const struct stat *st, uint64_t nodeid,
+			  off_t next)
 {
-	static const char *const prios[] = { "low", "normal", "high", "critical" };
+	struct prefetch_level *lv = arg;
+
+	lv->last = next;
+	lv->listed++;
+	if (nodeid && strcmp(name, ".") && strcmp(name, ".."))
+		prefetch_ino(lv->w, nodeid);
+	return 0;
+}
+
+/* Queues @ino, or everything below it, at w->prio. */
+static int prefetch_ino(struct prefetch_walk *w, uint64_t ino)
+{
+	struct ns_remote *r = NULL;
+	struct ns_info *info = malloc(sizeof(*info));
+	bool keep;
+	int fd = -1, ret;
+
+	if (!info)
+		return -ENOMEM;
+	ret = ns_info(w->d->ns, ino, info);
+	if (ret < 0)
+		goto out;
+	if (info->is_dir) {
+		struct prefetch_level lv = { .w = w };
+
+		if (w->depth >= PREFETCH_MAX_DEPTH)
+			goto out;
+		w->depth++;
+		/* ns_readdir lists one batch per call: go on from the last cookie until a call
+		 * lists nothing. */
+		do {
+			lv.listed = 0;
+			ret = ns_readdir(w->d->ns, ino, lv.last, false, prefetch_child, &lv);
+		} while (ret == 0 && lv.listed > 0);
+		w->depth--;
+		goto out;
+	}
+	if (!info->is_file || is_here(info))
+		goto out; /* nothing to fetch */
+	r = malloc(sizeof(*r));
+	if (!r) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = ns_open(w->d->ns, ino, O_RDONLY, &fd, &keep, r);
+	if (ret == 0) {
+		close(fd); /* became local meanwhile */
+	} else if (ret == -EREMOTE) {
+		ret = w->d->fetch ? fetch_prefetch(w->d->fetch, r, w->prio) : -ENOTSUP;
+		if (ret < 0)
+			w->ret = ret;
+	}
+out:
+	free(r);
+	free(info);
+	return ret;
+}
+
+/*
+ * user.meshfs.prefetch: low|normal|high|critical. Queues another host's file, or every such
+ * file below a directory, at that priority. Data that is here needs nothing.
+ */
+static int set_prefetch(struct daemon *d, uint64_t ino, const char *v)
+{
+	static const struct {
+		const char *name;
+		enum fetch_priority prio;
+	} prios[] = {
+		{ "low", FETCH_PRIO_LOW },
+		{ "normal", FETCH_PRIO_NORMAL },
+		{ "high", FETCH_PRIO_HIGH },
+		{ "critical", FETCH_PRIO_CRITICAL },
+	};
+	struct prefetch_walk w = { .d = d };
 	size_t i;
 
 	for (i = 0; i < ARRAY_SIZE(prios); i++) {
-		if (strcmp(v, prios[i]) == 0)
+		if (strcmp(v, prios[i].name) == 0)
 			break;
 	}
 	if (i == ARRAY_SIZE(prios))
 		return -EINVAL;
-	if (info->is_file && !is_here(info))
-		return -ENOTSUP;
-	return 0;
+	w.prio = prios[i].prio;
+	prefetch_ino(&w, ino);
+	return w.ret;
 }
 
 /*
- * user.meshfs.evict: "1" drops the cached copy of a file. A local file is its origin's data,
- * not a cached copy, and no other host holds it yet; a passthrough file is the shared storage
- * itself: both are refused with -EBUSY. A remote file has nothing here to drop.
+ * user.meshfs.evict: "1" drops the cached copy of another host's file (-EBUSY while it is
+ * open). This node's own files and passthrough files are not copies: they are held nowhere
+ * else as far as this node may assume, so -EBUSY.
  */
-static int set_evict(const struct ns_info *info, const char *v)
+static int set_evict(struct daemon *d, const struct ns_info *info, const char *v)
 {
+	int ret;
+
 	if (strcmp(v, "1") != 0)
 		return -EINVAL;
 	if (!info->is_file)
 		return info->is_dir ? -EISDIR : -EINVAL;
-	return is_here(info) ? -EBUSY : 0;
+	if (is_here(info))
+		return -EBUSY;
+	if (!d->cache || info->cat_idx < 0)
+		return 0;
+	ret = cache_evict(d->cache, d->cfg->categories[info->cat_idx].name, info->path);
+	return ret == -ENOENT ? 0 : ret;
 }
 
 /*
@@ -395,9 +578,9 @@ int xattr_set(struct daemon *d, uint64_t ino, const char *name, const char *valu
 	if (strcmp(key, "pin") == 0)
 		ret = set_pin(d, info, v);
 	else if (strcmp(key, "prefetch") == 0)
-		ret = set_prefetch(info, v);
+		ret = set_prefetch(d, ino, v);
 	else
-		ret = set_evict(info, v);
+		ret = set_evict(d, info, v);
 out:
 	free(info);
 	return ret;

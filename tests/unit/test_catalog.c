@@ -245,9 +245,9 @@ static void test_open_create(void)
 	if (!cat)
 		return;
 	CHECK_EQ_INT(catalog_schema_version(cat), CATALOG_SCHEMA_VERSION);
-	CHECK_EQ_INT(CATALOG_SCHEMA_VERSION, 2);
+	CHECK_EQ_INT(CATALOG_SCHEMA_VERSION, 3);
 	catalog_close(cat);
-	CHECK_EQ_INT(raw_int(db_path("state/deep/catalog.db"), "PRAGMA user_version"), 2);
+	CHECK_EQ_INT(raw_int(db_path("state/deep/catalog.db"), "PRAGMA user_version"), 3);
 	mode = raw_text(db_path("state/deep/catalog.db"), "PRAGMA journal_mode");
 	CHECK_EQ_STR(mode, "wal");
 	free(mode);
@@ -257,7 +257,7 @@ static void test_open_create(void)
 		     6);
 
 	cat = open_ok("state/deep/catalog.db"); /* reopening an up-to-date catalog */
-	CHECK_EQ_INT(catalog_schema_version(cat), 2);
+	CHECK_EQ_INT(catalog_schema_version(cat), CATALOG_SCHEMA_VERSION);
 	catalog_close(cat);
 	catalog_close(NULL);
 }
@@ -272,7 +272,7 @@ static void test_open_memory(void)
 	CHECK_EQ_INT(catalog_open(":memory:", &cat), 0);
 	if (!cat)
 		return;
-	CHECK_EQ_INT(catalog_schema_version(cat), 2);
+	CHECK_EQ_INT(catalog_schema_version(cat), CATALOG_SCHEMA_VERSION);
 	CHECK_EQ_INT(publish(cat, "me", "games", "a", 1, 1, &seq), 0);
 	CHECK_EQ_INT(seq, 1);
 	catalog_close(cat);
@@ -769,8 +769,9 @@ static void test_migrate_v1_to_v2(void)
 
 	cap_reset();
 	cat = open_ok("v1.db");
-	CHECK_EQ_INT(catalog_schema_version(cat), 2);
+	CHECK_EQ_INT(catalog_schema_version(cat), CATALOG_SCHEMA_VERSION);
 	CHECK(cap_has("migrated to version 2"));
+	CHECK(cap_has("migrated to version 3"));
 
 	/* Everything version 1 held is still there. */
 	CHECK_EQ_INT(catalog_get(cat, "me", "games", "g1.db", get_cb, &g), 0);
@@ -794,7 +795,7 @@ static void test_migrate_v1_to_v2(void)
 	CHECK_EQ_INT(catalog_max_seq(cat, "peer", &seq), 0);
 	CHECK_EQ_INT(seq, 4);
 
-	/* And version 2 works on top of it. */
+	/* And the current version works on top of it. */
 	CHECK_EQ_INT(publish(cat, "me", "games", "new.db", 1, 1, &seq), 0);
 	CHECK_EQ_INT(seq, 10);
 	CHECK_EQ_INT(catalog_set_pin(cat, "games", "g1.db", true), 0);
@@ -802,7 +803,10 @@ static void test_migrate_v1_to_v2(void)
 	CHECK(pinned);
 	catalog_close(cat);
 
-	CHECK_EQ_INT(raw_int(path, "PRAGMA user_version"), 2);
+	CHECK_EQ_INT(raw_int(path, "PRAGMA user_version"), CATALOG_SCHEMA_VERSION);
+	CHECK_EQ_INT(raw_int(path, "SELECT count(*) FROM pragma_table_info('local') "
+				   "WHERE name IN ('size', 'chunks')"),
+		     2);
 	CHECK_EQ_INT(raw_int(path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
 				   "name IN ('local', 'queue')"),
 		     2);
@@ -815,7 +819,7 @@ static void test_migrate_v1_to_v2(void)
 	/* Opening again migrates nothing. */
 	cap_reset();
 	cat = open_ok("v1.db");
-	CHECK_EQ_INT(catalog_schema_version(cat), 2);
+	CHECK_EQ_INT(catalog_schema_version(cat), CATALOG_SCHEMA_VERSION);
 	catalog_close(cat);
 	CHECK(strstr(cap_buf, "migrated") == NULL);
 }
@@ -1028,7 +1032,7 @@ static void crash_verify(const char *path, int64_t *prev_max)
 		free(l);
 		return;
 	}
-	CHECK_EQ_INT(catalog_schema_version(cat), 2);
+	CHECK_EQ_INT(catalog_schema_version(cat), CATALOG_SCHEMA_VERSION);
 	ic = raw_text(path, "PRAGMA integrity_check");
 	CHECK_EQ_STR(ic, "ok");
 	free(ic);

@@ -215,10 +215,10 @@ static void test_write_ops(void)
 	CHECK_EQ_INT(st.st_gid, 5678);
 	CHECK_EQ_INT(st.st_mode & 07777, 0640);
 	/* after a write the page cache is not kept; after an unchanged reopen it is */
-	CHECK_EQ_INT(ns_open(ns, e.ino, O_RDONLY, &fd, &keep), 0);
+	CHECK_EQ_INT(ns_open(ns, e.ino, O_RDONLY, &fd, &keep, NULL), 0);
 	CHECK(!keep);
 	close(fd);
-	CHECK_EQ_INT(ns_open(ns, e.ino, O_RDONLY, &fd, &keep), 0);
+	CHECK_EQ_INT(ns_open(ns, e.ino, O_RDONLY, &fd, &keep, NULL), 0);
 	CHECK(keep);
 	close(fd);
 	/* mkdir, rename into it, link, symlink */
@@ -247,16 +247,116 @@ static void test_write_ops(void)
 				    &who, &fd, &e2), -EROFS);
 	uint64_t mirror = lookup_path(ns, ".hosts/n1/games/hard.db");
 	CHECK(mirror != 0);
-	CHECK_EQ_INT(ns_open(ns, mirror, O_WRONLY, &fd, &keep), -EROFS);
-	CHECK_EQ_INT(ns_open(ns, mirror, O_RDONLY, &fd, &keep), 0);
+	CHECK_EQ_INT(ns_open(ns, mirror, O_WRONLY, &fd, &keep, NULL), -EROFS);
+	CHECK_EQ_INT(ns_open(ns, mirror, O_RDONLY, &fd, &keep, NULL), 0);
 	close(fd);
 	CHECK_EQ_INT(ns_unlink(ns, lookup_path(ns, ".hosts/n1/games"), "hard.db"), -EROFS);
 	/* unlink keeps an open fd readable */
-	CHECK_EQ_INT(ns_open(ns, lookup_path(ns, "games/hard.db"), O_RDONLY, &fd, &keep), 0);
+	CHECK_EQ_INT(ns_open(ns, lookup_path(ns, "games/hard.db"), O_RDONLY, &fd, &keep, NULL), 0);
 	CHECK_EQ_INT(ns_unlink(ns, games, "hard.db"), 0);
 	char buf[8] = "";
 	CHECK(pread(fd, buf, 5, 0) == 5 && memcmp(buf, "hello", 5) == 0);
 	close(fd);
+	ns_destroy(ns);
+}
+
+static struct cat_entry remote_entry(const char *host, const char *path, uint64_t size,
+				     int64_t mtime_ns, uint64_t hash_lo)
+{
+	struct cat_entry e = { .host = host, .origin = host, .category = "models", .path = path,
+			       .size = size, .mtime_ns = mtime_ns, .confirmed_at = 1 };
+
+	e.hash.lo = hash_lo;
+	return e;
+}
+
+static void test_versions(void)
+{
+	struct ns *ns = NULL;
+	struct ns_remote r;
+	struct ns_info info;
+	struct names nm = { 0 };
+	uint64_t ino, files, bytes;
+	int fd = -1;
+	bool keep;
+
+	CHECK_EQ_INT(ns_create(&cfg, NULL, NULL, &ns), 0);
+	/* A file only n2 has: visible, remote, read-only, its sources name n2. */
+	struct cat_entry e2 = remote_entry("n2", "deep/m.pth", 100, 2000, 7);
+	CHECK_EQ_INT(ns_put_version(ns, 1, 1, &e2), 0);
+	ino = lookup_path(ns, "models/deep/m.pth");
+	CHECK(ino != 0);
+	CHECK_EQ_INT(ns_info(ns, ino, &info), 0);
+	CHECK(info.state == NS_STATE_REMOTE);
+	CHECK_EQ_STR(info.origin, "n2");
+	CHECK_EQ_INT(info.sources, 2);
+	CHECK_EQ_INT(ns_open(ns, ino, O_RDONLY, &fd, &keep, &r), -EREMOTE);
+	CHECK_EQ_STR(r.path, "deep/m.pth");
+	CHECK_EQ_INT(r.size, 100);
+	CHECK_EQ_INT(r.sources, 2);
+	CHECK_EQ_INT(ns_open(ns, ino, O_WRONLY, &fd, &keep, &r), -EROFS);
+	struct ns_caller who = { 0, 0, 022 };
+	struct ns_entry ne;
+	CHECK_EQ_INT(ns_unlink(ns, lookup_path(ns, "models/deep"), "m.pth"), -EROFS);
+	CHECK_EQ_INT(ns_create_file(ns, lookup_path(ns, "models/deep"), "m.pth", 0644, O_WRONLY,
+				    &who, &fd, &ne), -EROFS);
+	/* /.hosts/n2 shows it, /.hosts/n1 does not. */
+	CHECK(lookup_path(ns, ".hosts/n2/models/deep/m.pth") != 0);
+	CHECK(lookup_path(ns, ".hosts/n1/models/deep/m.pth") == 0);
+	/* n1 publishes a newer version at the same path (mtime greater): it wins. */
+	char path[600];
+	snprintf(path, sizeof(path), "%s/models/deep", tmpdir);
+	CHECK_EQ_INT(mkdir_p(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/models/deep/m.pth", tmpdir);
+	fd = open(path, O_CREAT | O_WRONLY, 0644);
+	CHECK(fd >= 0 && write(fd, "abc", 3) == 3);
+	close(fd);
+	struct cat_entry e1 = remote_entry("n1", "deep/m.pth", 3, 3000, 9);
+	CHECK_EQ_INT(ns_put_version(ns, 0, 1, &e1), 0);
+	CHECK_EQ_INT(ns_info(ns, ino, &info), 0);
+	CHECK(info.state == NS_STATE_LOCAL);
+	CHECK_EQ_INT(info.size, 3);
+	CHECK_EQ_INT(info.sources, 1);
+	ns_counts(ns, NULL, &files, &bytes);
+	CHECK_EQ_INT(files, 1);
+	CHECK_EQ_INT(bytes, 3);
+	/* Both versions stay reachable under /.hosts. */
+	CHECK_EQ_INT(ns_info(ns, lookup_path(ns, ".hosts/n2/models/deep/m.pth"), &info), 0);
+	CHECK_EQ_INT(info.size, 100);
+	CHECK(info.state == NS_STATE_REMOTE);
+	/* Same mtime: the smaller host name wins; same bytes: both are sources, local shown. */
+	e2.mtime_ns = 3000;
+	e2.hash.lo = 9;
+	e2.size = 3;
+	CHECK_EQ_INT(ns_put_version(ns, 1, 1, &e2), 0);
+	CHECK_EQ_INT(ns_info(ns, ino, &info), 0);
+	CHECK_EQ_INT(info.sources, 3);
+	CHECK(info.state == NS_STATE_LOCAL);
+	/* n1 deletes its version: n2's is shown again, remote. */
+	CHECK_EQ_INT(ns_remove_file(ns, 1, "deep/m.pth"), 0);
+	CHECK_EQ_INT(ns_info(ns, ino, &info), 0);
+	CHECK(info.state == NS_STATE_REMOTE);
+	CHECK_EQ_INT(info.sources, 2);
+	ns_counts(ns, NULL, &files, &bytes);
+	CHECK_EQ_INT(files, 1);
+	CHECK_EQ_INT(bytes, 3);
+	/* n2 is reset: the file goes. */
+	ns_remove_host(ns, 1);
+	CHECK(lookup_path(ns, "models/deep/m.pth") == 0);
+	ns_counts(ns, NULL, &files, &bytes);
+	CHECK_EQ_INT(files, 0);
+	CHECK_EQ_INT(bytes, 0);
+	CHECK_EQ_INT(ns_readdir(ns, lookup_path(ns, "models/deep"), 0, false, collect, &nm), 0);
+	CHECK_EQ_INT(nm.n, 2);
+	/* A remote-only directory goes with its last file. */
+	struct cat_entry e3 = remote_entry("n2", "only/there/x.pth", 1, 1, 1);
+	CHECK_EQ_INT(ns_put_version(ns, 1, 1, &e3), 0);
+	CHECK(lookup_path(ns, "models/only/there") != 0);
+	CHECK_EQ_INT(ns_remove_version(ns, 1, 1, "only/there/x.pth"), 0);
+	struct names top = { 0 };
+	CHECK_EQ_INT(ns_readdir(ns, lookup_path(ns, "models"), 0, false, collect, &top), 0);
+	CHECK(!has_name(&top, "only"));
+	ns_forget(ns, ino, 100);
 	ns_destroy(ns);
 }
 
@@ -304,4 +404,4 @@ static void test_setup(void)
 }
 
 TEST_MAIN(TEST(test_setup), TEST(test_layout), TEST(test_put_remove), TEST(test_readdir_cookies),
-	  TEST(test_write_ops), TEST(test_memory_per_entry))
+	  TEST(test_write_ops), TEST(test_versions), TEST(test_memory_per_entry))

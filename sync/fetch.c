@@ -1,0 +1,1041 @@
+/*
+ * fetch — on-demand and background fetching of other hosts' file versions (see fetch.h).
+ *
+ * Each version being read or completed has a struct fetch_file: its cache file, a state per
+ * chunk (absent, in flight, present) and the priority it is wanted at, the sources that still
+ * may serve it, and the parked reads. The fetch thread loops: it expires reads past their
+ * deadline, starts transfers for the most wanted absent chunks (first the chunk hash list,
+ * GET /v1/chunks, then chunks with GET /v1/files and a Range header), waits in
+ * curl_multi_poll (woken by curl_multi_wakeup when a read parks), and handles what finished:
+ * a chunk is verified against its hash, written to the cache, marked present, and every read
+ * whose range is now complete is answered. All callbacks run with no lock held.
+ */
+#include "sync/fetch.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sync/hash.h"
+#include "sync/log.h"
+#include "sync/util.h"
+
+#define FETCH_MAX_XFERS 8		/* transfers at once, each holding one chunk buffer */
+#define FETCH_MAX_BACKGROUND 2		/* of which background completion may take */
+#define FETCH_AHEAD_CHUNKS 2		/* read-ahead for sequential readers */
+#define FETCH_POLL_MS 100
+#define FETCH_CONNECT_TIMEOUT_MS 2000
+#define FETCH_STALL_SECONDS 3		/* no progress this long: the source is stalled */
+#define FETCH_DEFAULT_BPS (50.0 * 1024 * 1024) /* guess for a source never measured */
+#define FETCH_MAX_CHUNK_LIST (1u << 20)
+
+enum chunk_state {
+	CH_ABSENT,
+	CH_INFLIGHT,
+	CH_PRESENT,
+};
+
+struct waiter {
+	struct waiter *next;
+	uint64_t off;
+	uint64_t len;
+	int64_t deadline_ns;
+	fetch_done_fn done;
+	void *cookie;
+};
+
+struct fetch_file {
+	struct fetch *f;
+	struct fetch_file *next;	/* in f->files */
+	int refs;			/* handles + the background completion; under f->lock */
+	bool background;		/* holds a ref until complete or failed */
+	struct hash128 hash;
+	char *category;
+	char *path;
+	uint64_t size;
+	size_t nchunks;
+	struct cache_file *cf;
+	/* Under f->lock: */
+	uint8_t *state;			/* enum chunk_state per chunk */
+	uint8_t *want;			/* enum fetch_priority per chunk */
+	bool have_list;			/* chunk hashes known */
+	bool list_inflight;
+	bool finishing;			/* cache_file_finish under way or done */
+	bool complete;
+	uint64_t sources;		/* hosts that hold it */
+	uint64_t dropped;		/* sources that failed it */
+	int inflight;
+	struct waiter *waiters;
+	uint64_t last_read_end;
+	char last_error[256];
+};
+
+struct xfer {
+	struct xfer *prev, *next;	/* in f->xfers */
+	struct fetch_file *ff;
+	CURL *easy;
+	struct curl_slist *headers;
+	int host;
+	size_t chunk;			/* SIZE_MAX: the chunk hash list */
+	char *buf;
+	size_t len;
+	size_t cap;
+	uint64_t reserved;		/* cache bytes reserved for it */
+	int64_t started_ns;
+	bool background;
+	char error[CURL_ERROR_SIZE];
+};
+
+struct fetch {
+	const struct mfs_config *cfg;
+	struct cache *cache;
+	struct peers *peers;
+	CURLM *multi;
+	pthread_t thread;
+	bool thread_started;
+
+	pthread_mutex_t lock;
+	/* Under lock: */
+	struct fetch_file *files;
+	bool stop;
+
+	/* Fetch thread only (and fetch_stop after the thread ended): */
+	struct xfer *xfers;
+	int active;
+	int active_background;
+	uint64_t host_inflight[64];	/* bytes requested and not yet received, per host */
+};
+
+/* A finished read to report once the lock is dropped. */
+struct completion {
+	struct completion *next;
+	fetch_done_fn done;
+	void *cookie;
+	int err;
+	int fd;
+	uint64_t off;
+	size_t len;
+};
+
+/* ------------------------------------------------------------------ helpers */
+
+static size_t chunk_len(const struct fetch_file *ff, size_t idx)
+{
+	uint64_t start = (uint64_t)idx * HASH_CHUNK_SIZE;
+	uint64_t end = start + HASH_CHUNK_SIZE;
+
+	return (size_t)((end > ff->size ? ff->size : end) - start);
+}
+
+static void file_error(struct fetch_file *ff, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Records the last error of @ff (lock held) and in the cache, for user.meshfs.last_error. */
+static void file_error(struct fetch_file *ff, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(ff->last_error, sizeof(ff->last_error), fmt, ap);
+	va_end(ap);
+}
+
+/* Moves every waiter of @ff whose range is present, or all of them with @err, to @done. */
+static void collect_waiters(struct fetch_file *ff, int err, struct completion **done)
+{
+	struct waiter **pp = &ff->waiters;
+
+	while (*pp) {
+		struct waiter *w = *pp;
+		struct completion *c;
+
+		if (!err && !cache_file_range_present(ff->cf, w->off, w->len)) {
+			pp = &w->next;
+			continue;
+		}
+		*pp = w->next;
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			/* Cannot defer it: the read would hang. Answer it from here. */
+			w->done(w->cookie, -ENOMEM, -1, w->off, 0);
+			free(w);
+			continue;
+		}
+		c->done = w->done;
+		c->cookie = w->cookie;
+		c->err = err;
+		c->fd = cache_file_fd(ff->cf);
+		c->off = w->off;
+		c->len = (size_t)w->len;
+		c->next = *done;
+		*done = c;
+		free(w);
+	}
+}
+
+static void run_completions(struct completion *c)
+{
+	while (c) {
+		struct completion *next = c->next;
+
+		c->done(c->cookie, c->err, c->fd, c->off, c->len);
+		free(c);
+		c = next;
+	}
+}
+
+/* Lowers the want of every chunk of @ff to nothing (it failed for good). Lock held. */
+static void clear_want(struct fetch_file *ff)
+{
+	memset(ff->want, 0, ff->nchunks);
+}
+
+static bool file_wanted(const struct fetch_file *ff)
+{
+	for (size_t i = 0; i < ff->nchunks; i++)
+		if (ff->want[i] && ff->state[i] == CH_ABSENT)
+			return true;
+	return false;
+}
+
+/* ------------------------------------------------------------------ files */
+
+static void file_free(struct fetch_file *ff)
+{
+	if (ff->cf)
+		cache_file_put(ff->cf);
+	free(ff->state);
+	free(ff->want);
+	free(ff->category);
+	free(ff->path);
+	free(ff);
+}
+
+/* Drops one reference; the last one takes @ff out of the table. Lock held. */
+static void file_unref_locked(struct fetch *f, struct fetch_file *ff)
+{
+	struct fetch_file **pp;
+
+	if (--ff->refs > 0 || ff->inflight > 0)
+		return;
+	for (pp = &f->files; *pp; pp = &(*pp)->next) {
+		if (*pp == ff) {
+			*pp = ff->next;
+			break;
+		}
+	}
+	file_free(ff);
+}
+
+static struct fetch_file *file_find(struct fetch *f, const struct hash128 *hash)
+{
+	for (struct fetch_file *ff = f->files; ff; ff = ff->next)
+		if (hash_equal(&ff->hash, hash))
+			return ff;
+	return NULL;
+}
+
+/* Finds or makes the fetch_file of @r with one more reference. Lock held. */
+static int file_get_locked(struct fetch *f, const struct ns_remote *r, struct fetch_file **out)
+{
+	struct fetch_file *ff = file_find(f, &r->hash);
+	const char *category = f->cfg->categories[r->cat_idx].name;
+	int ret;
+
+	if (ff) {
+		ff->refs++;
+		ff->sources |= r->sources;
+		*out = ff;
+		return 0;
+	}
+	ff = calloc(1, sizeof(*ff));
+	if (!ff)
+		return -ENOMEM;
+	ff->f = f;
+	ff->hash = r->hash;
+	ff->size = r->size;
+	ff->nchunks = (size_t)((r->size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE);
+	ff->sources = r->sources;
+	ff->category = strdup(category);
+	ff->path = strdup(r->path);
+	ff->state = calloc(ff->nchunks ? ff->nchunks : 1, 1);
+	ff->want = calloc(ff->nchunks ? ff->nchunks : 1, 1);
+	if (!ff->category || !ff->path || !ff->state || !ff->want) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	ret = cache_file_get(f->cache, category, r->path, &r->hash, r->size, &ff->cf);
+	if (ret < 0)
+		goto fail;
+	for (size_t i = 0; i < ff->nchunks; i++)
+		if (cache_file_chunk_present(ff->cf, i))
+			ff->state[i] = CH_PRESENT;
+	ff->have_list = ff->nchunks == 0 || cache_file_chunk_hash(ff->cf, 0, &(struct hash128){ 0, 0 }) == 0;
+	ff->complete = cache_file_complete(ff->cf);
+	ff->refs = 1;
+	ff->next = f->files;
+	f->files = ff;
+	*out = ff;
+	return 0;
+fail:
+	file_free(ff);
+	return ret;
+}
+
+int fetch_open(struct fetch *f, const struct ns_remote *r, struct fetch_file **out)
+{
+	int ret;
+
+	if (r->cat_idx >= f->cfg->n_categories)
+		return -EINVAL;
+	pthread_mutex_lock(&f->lock);
+	ret = file_get_locked(f, r, out);
+	pthread_mutex_unlock(&f->lock);
+	return ret;
+}
+
+void fetch_close(struct fetch_file *ff)
+{
+	struct fetch *f;
+
+	if (!ff)
+		return;
+	f = ff->f;
+	pthread_mutex_lock(&f->lock);
+	file_unref_locked(f, ff);
+	pthread_mutex_unlock(&f->lock);
+}
+
+/* Wants every absent chunk of @ff at least at @prio; the first time, the background
+ * completion takes a reference so the version completes even after its readers leave. */
+static void want_all_locked(struct fetch_file *ff, enum fetch_priority prio)
+{
+	for (size_t i = 0; i < ff->nchunks; i++)
+		if (ff->state[i] != CH_PRESENT && ff->want[i] < prio)
+			ff->want[i] = (uint8_t)prio;
+	if (!ff->background && !ff->complete) {
+		ff->background = true;
+		ff->refs++;
+	}
+}
+
+int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn done,
+	       void *cookie, int *fd)
+{
+	struct fetch *f = ff->f;
+	struct waiter *w;
+	size_t first, last;
+	bool sequential;
+
+	if (off >= ff->size || len == 0) {
+		*fd = cache_file_fd(ff->cf);
+		return 0; /* EOF: an empty reply */
+	}
+	if (len > ff->size - off)
+		len = (size_t)(ff->size - off);
+	if (cache_file_range_present(ff->cf, off, len)) {
+		*fd = cache_file_fd(ff->cf);
+		cache_file_touch(ff->cf);
+		pthread_mutex_lock(&f->lock);
+		ff->last_read_end = off + len;
+		pthread_mutex_unlock(&f->lock);
+		return 0;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->off = off;
+	w->len = len;
+	w->deadline_ns = mono_ns() + (int64_t)f->cfg->auto_sync.read_deadline_seconds * 1000000000;
+	w->done = done;
+	w->cookie = cookie;
+	first = (size_t)(off / HASH_CHUNK_SIZE);
+	last = (size_t)((off + len - 1) / HASH_CHUNK_SIZE);
+
+	pthread_mutex_lock(&f->lock);
+	if (f->stop) {
+		pthread_mutex_unlock(&f->lock);
+		free(w);
+		return -ESHUTDOWN;
+	}
+	sequential = off == ff->last_read_end && off > 0;
+	ff->last_read_end = off + len;
+	for (size_t i = first; i <= last; i++)
+		ff->want[i] = FETCH_PRIO_READ;
+	if (sequential)
+		for (size_t i = last + 1; i <= last + FETCH_AHEAD_CHUNKS && i < ff->nchunks; i++)
+			if (ff->want[i] < FETCH_PRIO_AHEAD)
+				ff->want[i] = FETCH_PRIO_AHEAD;
+	/* The rest of the version follows in the background. */
+	want_all_locked(ff, FETCH_PRIO_BACKGROUND);
+	w->next = ff->waiters;
+	ff->waiters = w;
+	pthread_mutex_unlock(&f->lock);
+	curl_multi_wakeup(f->multi);
+	return -EINPROGRESS;
+}
+
+int fetch_prefetch(struct fetch *f, const struct ns_remote *r, enum fetch_priority prio)
+{
+	struct fetch_file *ff;
+	int ret;
+
+	pthread_mutex_lock(&f->lock);
+	ret = file_get_locked(f, r, &ff);
+	if (ret == 0) {
+		want_all_locked(ff, prio);
+		file_unref_locked(f, ff); /* the background reference keeps it */
+	}
+	pthread_mutex_unlock(&f->lock);
+	if (ret == 0)
+		curl_multi_wakeup(f->multi);
+	return ret;
+}
+
+bool fetch_busy(struct fetch *f, const struct hash128 *hash)
+{
+	struct fetch_file *ff;
+	bool busy = false;
+
+	pthread_mutex_lock(&f->lock);
+	ff = file_find(f, hash);
+	if (ff)
+		busy = ff->inflight > 0 || ff->list_inflight || file_wanted(ff);
+	pthread_mutex_unlock(&f->lock);
+	return busy;
+}
+
+bool fetch_last_error(struct fetch *f, const struct hash128 *hash, char *buf, size_t size)
+{
+	struct fetch_file *ff;
+	bool found;
+
+	pthread_mutex_lock(&f->lock);
+	ff = file_find(f, hash);
+	found = ff != NULL;
+	if (ff)
+		snprintf(buf, size, "%s", ff->last_error);
+	pthread_mutex_unlock(&f->lock);
+	return found;
+}
+
+/* ------------------------------------------------------------------ sources */
+
+/* The usable source for the next @bytes of @ff that should finish first, or -1. Lock held. */
+static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t bytes)
+{
+	uint64_t candidates = ff->sources & ~ff->dropped;
+	double best_eta = 0;
+	int best = -1;
+
+	for (int h = 0; h < 64 && (size_t)h < f->cfg->n_hosts; h++) {
+		struct peer_status ps = { 0 };
+		double bps, eta;
+
+		if (!(candidates & ((uint64_t)1 << h)) || &f->cfg->hosts[h] == f->cfg->self ||
+		    !f->cfg->hosts[h].address)
+			continue;
+		if (f->peers)
+			peers_status(f->peers, (size_t)h, &ps);
+		bps = ps.throughput_bps > 0 ? ps.throughput_bps : FETCH_DEFAULT_BPS;
+		eta = (double)(f->host_inflight[h] + bytes) / bps;
+		if (best < 0 || eta < best_eta) {
+			best = h;
+			best_eta = eta;
+		}
+	}
+	return best;
+}
+
+/* ------------------------------------------------------------------ transfers */
+
+static size_t xfer_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct xfer *x = arg;
+	size_t n = size * nmemb;
+
+	if (x->len + n > x->cap) {
+		if (x->chunk != SIZE_MAX)
+			return 0; /* more than the range asked for: abort, the source is wrong */
+		if (x->len + n > FETCH_MAX_CHUNK_LIST)
+			return 0;
+		size_t cap = (x->len + n) * 2;
+		char *bigger = realloc(x->buf, cap);
+
+		if (!bigger)
+			return 0;
+		x->buf = bigger;
+		x->cap = cap;
+	}
+	memcpy(x->buf + x->len, data, n);
+	x->len += n;
+	return n;
+}
+
+/* Percent-encodes @path segment by segment into a new string. */
+static char *url_path(CURL *easy, const char *category, const char *path)
+{
+	char *out = NULL, *copy = strdup(path), *save = NULL;
+	char *cat = curl_easy_escape(easy, category, 0);
+	size_t len = 0, cap;
+
+	if (!copy || !cat)
+		goto out;
+	cap = strlen(cat) + 3 * strlen(path) + 2;
+	out = malloc(cap);
+	if (!out)
+		goto out;
+	len = (size_t)snprintf(out, cap, "%s", cat);
+	for (char *seg = strtok_r(copy, "/", &save); seg; seg = strtok_r(NULL, "/", &save)) {
+		char *e = curl_easy_escape(easy, seg, 0);
+
+		if (!e) {
+			free(out);
+			out = NULL;
+			goto out;
+		}
+		len += (size_t)snprintf(out + len, cap - len, "/%s", e);
+		curl_free(e);
+	}
+out:
+	curl_free(cat);
+	free(copy);
+	return out;
+}
+
+static void xfer_free(struct xfer *x)
+{
+	if (x->easy)
+		curl_easy_cleanup(x->easy);
+	curl_slist_free_all(x->headers);
+	free(x->buf);
+	free(x);
+}
+
+/*
+ * Starts the transfer of chunk @chunk (SIZE_MAX: the chunk list) of @ff from @host. Lock held;
+ * curl_multi_add_handle does no I/O. Returns 0 or -errno (nothing started).
+ */
+static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t chunk,
+		      bool background)
+{
+	char base[300], header[300], hash[HASH_STR_LEN], *rel = NULL, *url = NULL;
+	struct xfer *x = calloc(1, sizeof(*x));
+	int ret = -ENOMEM;
+
+	if (!x)
+		return -ENOMEM;
+	x->ff = ff;
+	x->host = host;
+	x->chunk = chunk;
+	x->background = background;
+	x->easy = curl_easy_init();
+	if (!x->easy)
+		goto fail;
+	x->cap = chunk == SIZE_MAX ? 64 * 1024 : chunk_len(ff, chunk);
+	x->buf = malloc(x->cap ? x->cap : 1);
+	if (!x->buf)
+		goto fail;
+	ret = peers_base_url(f->cfg, (size_t)host, base, sizeof(base));
+	if (ret < 0)
+		goto fail;
+	rel = url_path(x->easy, ff->category, ff->path);
+	if (!rel) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	if (asprintf(&url, "%s/v1/%s/%s", base, chunk == SIZE_MAX ? "chunks" : "files", rel) < 0) {
+		url = NULL;
+		ret = -ENOMEM;
+		goto fail;
+	}
+	hash_format(&ff->hash, hash);
+	snprintf(header, sizeof(header), "If-Match: \"%s\"", hash);
+	x->headers = curl_slist_append(x->headers, header);
+	if (f->cfg->token) {
+		char auth[600];
+
+		snprintf(auth, sizeof(auth), "Authorization: Bearer %s", f->cfg->token);
+		x->headers = curl_slist_append(x->headers, auth);
+	}
+	if (!x->headers) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	curl_easy_setopt(x->easy, CURLOPT_URL, url);
+	curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers);
+	curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, xfer_write);
+	curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
+	curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->error);
+	curl_easy_setopt(x->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(x->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)FETCH_CONNECT_TIMEOUT_MS);
+	/* A source that sends nothing for a few seconds is stalled: cut it off. */
+	curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_TIME, (long)FETCH_STALL_SECONDS);
+	curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http");
+	if (chunk != SIZE_MAX) {
+		uint64_t start = (uint64_t)chunk * HASH_CHUNK_SIZE;
+		char range[64];
+
+		snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, start,
+			 start + chunk_len(ff, chunk) - 1);
+		curl_easy_setopt(x->easy, CURLOPT_RANGE, range);
+		ret = cache_reserve(f->cache, chunk_len(ff, chunk));
+		if (ret < 0) {
+			file_error(ff, "no cache space for chunk %zu: %s", chunk, strerror(-ret));
+			goto fail;
+		}
+		x->reserved = chunk_len(ff, chunk);
+	}
+	if (curl_multi_add_handle(f->multi, x->easy) != CURLM_OK) {
+		ret = -EIO;
+		goto fail;
+	}
+	x->started_ns = mono_ns();
+	x->next = f->xfers;
+	if (f->xfers)
+		f->xfers->prev = x;
+	f->xfers = x;
+	ff->inflight++;
+	if (chunk == SIZE_MAX) {
+		ff->list_inflight = true;
+	} else {
+		ff->state[chunk] = CH_INFLIGHT;
+		f->host_inflight[host] += chunk_len(ff, chunk);
+	}
+	f->active++;
+	if (background)
+		f->active_background++;
+	free(rel);
+	free(url);
+	return 0;
+fail:
+	if (x->reserved)
+		cache_release(f->cache, x->reserved);
+	free(rel);
+	free(url);
+	xfer_free(x);
+	return ret;
+}
+
+/* Starts what is most wanted, within the limits. Lock held. */
+static void schedule_locked(struct fetch *f, struct completion **done)
+{
+	for (;;) {
+		struct fetch_file *best_ff = NULL;
+		size_t best_chunk = 0;
+		int best_prio = 0;
+
+		if (f->active >= FETCH_MAX_XFERS + 2)
+			return;
+		for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
+			if (ff->finishing)
+				continue;
+			if (!ff->have_list) {
+				int prio = 0;
+
+				if (ff->list_inflight)
+					continue;
+				for (size_t i = 0; i < ff->nchunks; i++)
+					if (ff->state[i] == CH_ABSENT && ff->want[i] > prio)
+						prio = ff->want[i];
+				if (prio > best_prio) {
+					best_prio = prio;
+					best_ff = ff;
+					best_chunk = SIZE_MAX;
+				}
+				continue;
+			}
+			for (size_t i = 0; i < ff->nchunks; i++) {
+				if (ff->state[i] == CH_ABSENT && ff->want[i] > best_prio) {
+					best_prio = ff->want[i];
+					best_ff = ff;
+					best_chunk = i;
+				}
+			}
+		}
+		if (!best_ff)
+			return;
+		/* Readers may go past the limit a little; background work never does. */
+		if (best_prio < FETCH_PRIO_AHEAD && f->active >= FETCH_MAX_XFERS)
+			return;
+		if (best_prio <= FETCH_PRIO_BACKGROUND && f->active_background >= FETCH_MAX_BACKGROUND)
+			return;
+
+		uint64_t bytes = best_chunk == SIZE_MAX ? 4096 : chunk_len(best_ff, best_chunk);
+		int host = pick_source(f, best_ff, bytes);
+
+		if (host < 0) {
+			/* Nobody left who holds these bytes: every reader of them fails. */
+			char last[sizeof(best_ff->last_error)];
+
+			snprintf(last, sizeof(last), "%s", best_ff->last_error);
+			if (strncmp(last, "no source left", 14) != 0)
+				file_error(best_ff, "no source left for this version%s%s",
+					   last[0] ? "; last error: " : " (no reachable host holds it)",
+					   last);
+			cache_set_error(f->cache, best_ff->category, best_ff->path,
+					best_ff->last_error);
+			clear_want(best_ff);
+			collect_waiters(best_ff, -EIO, done);
+			if (best_ff->background) {
+				best_ff->background = false;
+				file_unref_locked(f, best_ff);
+			}
+			continue;
+		}
+		if (xfer_start(f, best_ff, host, best_chunk, best_prio <= FETCH_PRIO_BACKGROUND) < 0) {
+			/* No memory or no cache space: fail what waits on it rather than spin. */
+			if (best_chunk != SIZE_MAX) {
+				best_ff->want[best_chunk] = 0;
+				cache_set_error(f->cache, best_ff->category, best_ff->path,
+						best_ff->last_error);
+				collect_waiters(best_ff, -ENOSPC, done);
+			} else {
+				clear_want(best_ff);
+				collect_waiters(best_ff, -EIO, done);
+			}
+		}
+	}
+}
+
+/* Parses the chunk list answer of @x into the cache file. Returns 0 or -errno. */
+static int parse_chunk_list(struct fetch_file *ff, struct xfer *x)
+{
+	struct hash128 whole, *chunks = NULL;
+	json_error_t jerr;
+	json_t *doc = json_loadb(x->buf, x->len, 0, &jerr), *list;
+	int ret = -EPROTO;
+
+	if (!doc)
+		goto out;
+	if (hash_parse(json_string_value(json_object_get(doc, "hash")), &whole) < 0 ||
+	    !hash_equal(&whole, &ff->hash) ||
+	    json_integer_value(json_object_get(doc, "size")) != (json_int_t)ff->size ||
+	    json_integer_value(json_object_get(doc, "chunk_size")) != (json_int_t)HASH_CHUNK_SIZE)
+		goto out;
+	list = json_object_get(doc, "chunks");
+	if (!json_is_array(list) || json_array_size(list) != ff->nchunks)
+		goto out;
+	chunks = calloc(ff->nchunks ? ff->nchunks : 1, sizeof(*chunks));
+	if (!chunks) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < ff->nchunks; i++)
+		if (hash_parse(json_string_value(json_array_get(list, i)), &chunks[i]) < 0)
+			goto out;
+	ret = cache_file_set_chunks(ff->cf, chunks, ff->nchunks);
+out:
+	free(chunks);
+	json_decref(doc);
+	return ret;
+}
+
+/*
+ * Handles one finished transfer: verifies and stores what came, or drops the source. Called
+ * without the lock (the chunk is ours while in flight); takes it to update the state.
+ */
+static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct completion **done)
+{
+	struct fetch_file *ff = x->ff;
+	const char *host = f->cfg->hosts[x->host].name;
+	char why[300] = "";
+	long status = 0;
+	int64_t took = mono_ns() - x->started_ns;
+	int ret = 0;
+
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (rc != CURLE_OK) {
+		snprintf(why, sizeof(why), "%s: %s", host, x->error[0] ? x->error :
+			 curl_easy_strerror(rc));
+		ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -ECONNREFUSED;
+	} else if (x->chunk == SIZE_MAX) {
+		if (status != 200) {
+			snprintf(why, sizeof(why), "%s: chunk list: HTTP %ld", host, status);
+			ret = -EIO;
+		} else if (parse_chunk_list(ff, x) < 0) {
+			snprintf(why, sizeof(why), "%s: chunk list does not match version", host);
+			ret = -EPROTO;
+		}
+	} else {
+		struct hash128 expect, got;
+
+		if ((status != 206 && !(status == 200 && ff->nchunks == 1)) ||
+		    x->len != chunk_len(ff, x->chunk)) {
+			snprintf(why, sizeof(why), "%s: chunk %zu: HTTP %ld, %zu bytes", host,
+				 x->chunk, status, x->len);
+			ret = -EIO;
+		} else if (cache_file_chunk_hash(ff->cf, x->chunk, &expect) < 0 ||
+			   (got = hash_buf(x->buf, x->len), !hash_equal(&got, &expect))) {
+			/* Never let a byte of it reach anyone: drop the source. */
+			snprintf(why, sizeof(why), "%s served a corrupt chunk %zu", host, x->chunk);
+			ret = -EBADMSG;
+		} else {
+			ret = cache_file_write_chunk(ff->cf, x->chunk, x->buf, x->len);
+			if (ret < 0)
+				snprintf(why, sizeof(why), "cache write of chunk %zu: %s", x->chunk,
+					 strerror(-ret));
+			else
+				x->reserved = 0; /* consumed by the write */
+		}
+	}
+	if (f->peers)
+		peers_record_transfer(f->peers, (size_t)x->host, ret == 0 ? x->len : 0, took,
+				      ret == -EBADMSG ? -EIO : ret);
+	if (ret < 0)
+		log_msg(ret == -EBADMSG ? LOG_WARNING : LOG_INFO, "fetch %s/%s: %s", ff->category,
+			ff->path, why);
+	if (x->reserved)
+		cache_release(f->cache, x->reserved);
+
+	pthread_mutex_lock(&f->lock);
+	ff->inflight--;
+	f->active--;
+	if (x->background)
+		f->active_background--;
+	if (x->chunk == SIZE_MAX) {
+		ff->list_inflight = false;
+		if (ret == 0)
+			ff->have_list = true;
+	} else {
+		f->host_inflight[x->host] -= chunk_len(ff, x->chunk);
+		ff->state[x->chunk] = ret == 0 ? CH_PRESENT : CH_ABSENT;
+	}
+	if (ret < 0) {
+		/* A cache write failing is ours, not the source's. */
+		if (!(x->chunk != SIZE_MAX && ret != -EBADMSG && strncmp(why, "cache", 5) == 0))
+			ff->dropped |= (uint64_t)1 << x->host;
+		file_error(ff, "%s", why);
+		if (strncmp(why, "cache", 5) == 0) {
+			ff->want[x->chunk] = 0;
+			collect_waiters(ff, ret, done);
+		}
+	}
+	collect_waiters(ff, 0, done);
+	pthread_mutex_unlock(&f->lock);
+}
+
+/* Verifies a version whose chunks are all here; runs on the fetch thread without the lock. */
+static void finish_file(struct fetch *f, struct fetch_file *ff, struct completion **done)
+{
+	int ret = cache_file_finish(ff->cf);
+
+	pthread_mutex_lock(&f->lock);
+	ff->finishing = false;
+	if (ret == 0) {
+		ff->complete = true;
+		ff->last_error[0] = '\0';
+		cache_set_error(f->cache, ff->category, ff->path, "");
+		log_msg(LOG_INFO, "fetch %s/%s: complete and verified (%" PRIu64 " bytes)",
+			ff->category, ff->path, ff->size);
+	} else {
+		/* Chunks matched their hashes but the whole does not: the chunk list was wrong.
+		 * Start again from nothing. */
+		file_error(ff, "whole-file hash mismatch after fetching: %s", strerror(-ret));
+		log_msg(LOG_WARNING, "fetch %s/%s: %s", ff->category, ff->path, ff->last_error);
+		for (size_t i = 0; i < ff->nchunks; i++)
+			ff->state[i] = cache_file_chunk_present(ff->cf, i) ? CH_PRESENT : CH_ABSENT;
+		ff->have_list = false;
+	}
+	if (ff->background && (ff->complete || !file_wanted(ff))) {
+		ff->background = false;
+		file_unref_locked(f, ff);
+	}
+	pthread_mutex_unlock(&f->lock);
+	(void)done;
+}
+
+/* ------------------------------------------------------------------ the thread */
+
+static void expire_locked(struct fetch *f, struct completion **done)
+{
+	int64_t now = mono_ns();
+
+	for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
+		struct waiter **pp = &ff->waiters;
+
+		while (*pp) {
+			struct waiter *w = *pp;
+			struct completion *c;
+
+			if (w->deadline_ns > now) {
+				pp = &w->next;
+				continue;
+			}
+			*pp = w->next;
+			char last[sizeof(ff->last_error)];
+
+			snprintf(last, sizeof(last), "%s", ff->last_error);
+			file_error(ff, "no data within the read deadline of %d s%s%s",
+				   f->cfg->auto_sync.read_deadline_seconds,
+				   last[0] ? "; last error: " : "", last);
+			cache_set_error(f->cache, ff->category, ff->path, ff->last_error);
+			c = calloc(1, sizeof(*c));
+			if (c) {
+				c->done = w->done;
+				c->cookie = w->cookie;
+				c->err = -ETIMEDOUT;
+				c->fd = -1;
+				c->off = w->off;
+				c->next = *done;
+				*done = c;
+			} else {
+				w->done(w->cookie, -ETIMEDOUT, -1, w->off, 0);
+			}
+			free(w);
+		}
+	}
+}
+
+/* The first version whose chunks are all present and not yet verified, with a reference. */
+static struct fetch_file *next_to_finish_locked(struct fetch *f)
+{
+	for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
+		bool all = !ff->complete && !ff->finishing && ff->have_list;
+
+		for (size_t i = 0; all && i < ff->nchunks; i++)
+			all = ff->state[i] == CH_PRESENT;
+		if (all) {
+			ff->finishing = true;
+			ff->refs++;
+			return ff;
+		}
+	}
+	return NULL;
+}
+
+static void *fetch_main(void *arg)
+{
+	struct fetch *f = arg;
+
+	pthread_setname_np(pthread_self(), "meshfs-fetch");
+	for (;;) {
+		struct completion *done = NULL;
+		struct fetch_file *fin;
+		CURLMsg *msg;
+		int running, left;
+
+		pthread_mutex_lock(&f->lock);
+		if (f->stop) {
+			pthread_mutex_unlock(&f->lock);
+			break;
+		}
+		expire_locked(f, &done);
+		schedule_locked(f, &done);
+		fin = next_to_finish_locked(f);
+		pthread_mutex_unlock(&f->lock);
+		run_completions(done);
+		done = NULL;
+		if (fin) {
+			finish_file(f, fin, &done);
+			pthread_mutex_lock(&f->lock);
+			file_unref_locked(f, fin);
+			pthread_mutex_unlock(&f->lock);
+			continue;
+		}
+
+		curl_multi_poll(f->multi, NULL, 0, FETCH_POLL_MS, NULL);
+		curl_multi_perform(f->multi, &running);
+		while ((msg = curl_multi_info_read(f->multi, &left))) {
+			struct xfer *x = NULL;
+			struct fetch_file *ff;
+
+			if (msg->msg != CURLMSG_DONE)
+				continue;
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+			curl_multi_remove_handle(f->multi, x->easy);
+			if (x->prev)
+				x->prev->next = x->next;
+			else
+				f->xfers = x->next;
+			if (x->next)
+				x->next->prev = x->prev;
+			ff = x->ff;
+			xfer_done(f, x, msg->data.result, &done);
+			xfer_free(x);
+			pthread_mutex_lock(&f->lock);
+			/* Its last transfer may have been what kept a closed version alive. */
+			ff->refs++;
+			file_unref_locked(f, ff);
+			pthread_mutex_unlock(&f->lock);
+		}
+		run_completions(done);
+	}
+	return NULL;
+}
+
+int fetch_start(const struct mfs_config *cfg, struct cache *cache, struct peers *peers,
+		struct fetch **out)
+{
+	struct fetch *f = calloc(1, sizeof(*f));
+	int ret = -ENOMEM;
+
+	if (!f)
+		return -ENOMEM;
+	f->cfg = cfg;
+	f->cache = cache;
+	f->peers = peers;
+	pthread_mutex_init(&f->lock, NULL);
+	f->multi = curl_multi_init();
+	if (!f->multi)
+		goto fail;
+	if (pthread_create(&f->thread, NULL, fetch_main, f) != 0) {
+		ret = -EAGAIN;
+		goto fail;
+	}
+	f->thread_started = true;
+	*out = f;
+	return 0;
+fail:
+	fetch_stop(f);
+	return ret;
+}
+
+void fetch_stop(struct fetch *f)
+{
+	struct completion *done = NULL;
+
+	if (!f)
+		return;
+	pthread_mutex_lock(&f->lock);
+	f->stop = true;
+	pthread_mutex_unlock(&f->lock);
+	if (f->thread_started) {
+		curl_multi_wakeup(f->multi);
+		pthread_join(f->thread, NULL);
+	}
+	/* Transfers still under way: abandon them. */
+	while (f->xfers) {
+		struct xfer *x = f->xfers;
+
+		f->xfers = x->next;
+		curl_multi_remove_handle(f->multi, x->easy);
+		x->ff->inflight--;
+		if (x->reserved)
+			cache_release(f->cache, x->reserved);
+		xfer_free(x);
+	}
+	pthread_mutex_lock(&f->lock);
+	for (struct fetch_file *ff = f->files; ff; ff = ff->next)
+		collect_waiters(ff, -ESHUTDOWN, &done);
+	pthread_mutex_unlock(&f->lock);
+	run_completions(done);
+	while (f->files) {
+		struct fetch_file *next = f->files->next;
+
+		file_free(f->files);
+		f->files = next;
+	}
+	if (f->multi)
+		curl_multi_cleanup(f->multi);
+	pthread_mutex_destroy(&f->lock);
+	free(f);
+}

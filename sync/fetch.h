@@ -1,0 +1,81 @@
+/*
+ * fetch — reading data that lives on other hosts: the requested range first, verified, at top
+ * priority, while the reader waits only for what it asked for.
+ *
+ * A remote version is fetched in 4 MiB chunks (HASH_CHUNK_SIZE) with HTTP range requests to the
+ * hosts that hold it (docs/protocol.md), on one thread ("meshfs-fetch") driving a libcurl multi
+ * handle. Every chunk is checked against the version's chunk hashes before it is written into
+ * the cache and before any reader sees a byte of it; a source that serves a bad chunk, fails,
+ * or stalls is dropped for that version and the chunk is asked of another. Sources are chosen
+ * by the expected time to finish (bytes in flight to them over their measured throughput), so
+ * a version held by several hosts is fetched from all of them at once.
+ *
+ * A read that needs missing chunks is parked: fetch_read() returns -EINPROGRESS and its
+ * callback runs on the fetch thread when the range is present (or has failed, or its deadline,
+ * auto_sync.read_deadline_seconds, has passed). Readers of the same chunk share one transfer.
+ * Sequential readers get the next chunks ahead of time; after the first read the rest of the
+ * version completes in the background at low priority, and the whole-file hash is checked at
+ * the end (cache_file_finish).
+ *
+ * Memory is bounded: at most FETCH_MAX_XFERS transfers, each with one chunk buffer.
+ * Locking: f->lock protects the table of versions, their chunk states and waiters; it is never
+ * held across curl calls that do I/O, cache writes, or callbacks.
+ */
+#ifndef MESHFS_FETCH_H
+#define MESHFS_FETCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sync/cache.h"
+#include "sync/config.h"
+#include "sync/namespace.h"
+#include "sync/peers.h"
+
+struct fetch;
+struct fetch_file;
+
+enum fetch_priority {
+	FETCH_PRIO_NONE = 0,
+	FETCH_PRIO_BACKGROUND = 1,
+	FETCH_PRIO_LOW = 1,
+	FETCH_PRIO_NORMAL = 2,
+	FETCH_PRIO_HIGH = 3,
+	FETCH_PRIO_CRITICAL = 4,
+	FETCH_PRIO_AHEAD = 5,	/* read-ahead of a sequential reader */
+	FETCH_PRIO_READ = 6,	/* a reader is waiting */
+};
+
+/* Called once per parked read: @err is 0 and [@off, @off+@len) can be read from @fd, or @err
+ * is -errno (-ETIMEDOUT past the deadline, -EIO when no source is left). */
+typedef void (*fetch_done_fn)(void *cookie, int err, int fd, uint64_t off, size_t len);
+
+/* Starts the fetch thread. @peers may be NULL (no sources: every fetch fails). 0 or -errno. */
+int fetch_start(const struct mfs_config *cfg, struct cache *cache, struct peers *peers,
+		struct fetch **out);
+/* Fails every parked read with -ESHUTDOWN, stops the thread, frees everything. */
+void fetch_stop(struct fetch *f);
+
+/* A referenced handle on remote version @r, shared by every reader of it. 0 or -errno. */
+int fetch_open(struct fetch *f, const struct ns_remote *r, struct fetch_file **out);
+void fetch_close(struct fetch_file *ff);
+
+/*
+ * Asks for [@off, @off+@len) (clipped to the size). When it is all here already, returns 0 and
+ * the fd to read it from in *fd. Otherwise returns -EINPROGRESS and @done is called later, once,
+ * from the fetch thread. Other -errno: nothing was parked.
+ */
+int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn done,
+	       void *cookie, int *fd);
+
+/* Queues the whole of version @r at @prio (prefetch xattr, meshfs sync). 0 or -errno. */
+int fetch_prefetch(struct fetch *f, const struct ns_remote *r, enum fetch_priority prio);
+
+/* True while version @hash has transfers queued or under way. */
+bool fetch_busy(struct fetch *f, const struct hash128 *hash);
+
+/* The last error met fetching version @hash into @buf ("" if none); false if unknown. */
+bool fetch_last_error(struct fetch *f, const struct hash128 *hash, char *buf, size_t size);
+
+#endif
