@@ -163,8 +163,10 @@ static void reply_entry(fuse_req_t req, const struct ns_entry *e)
 		.entry_timeout = FS_CACHE_TIMEOUT,
 	};
 
+	struct ns *ns = ns_of(req); /* req is freed by the reply */
+
 	if (fuse_reply_entry(req, &p) == -ENOENT)
-		ns_forget(ns_of(req), e->ino, 1); /* the caller was interrupted */
+		ns_forget(ns, e->ino, 1); /* the caller was interrupted */
 }
 
 static struct ns_caller caller_of(fuse_req_t req)
@@ -362,6 +364,7 @@ static void op_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, co
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
+	struct fs_ctx *fs = fs_of(req);
 	struct ns_entry e;
 	int ret = ns_link(ns_of(req), ino, newparent, newname, &e);
 
@@ -369,10 +372,16 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 		fuse_reply_err(req, -ret);
 		return;
 	}
+	/*
+	 * The new name is a node of its own, so the kernel would keep showing the old name's
+	 * link count from its cache. Its attributes are dropped here, before the reply, so the
+	 * stat that follows link() already asks again. This breaks the rule of invalidating
+	 * only from the meshfs-inval thread on purpose: an attributes-only invalidation
+	 * (offset -1) never blocks without writeback caching (libfuse's fuse_lowlevel.h), so it
+	 * cannot deadlock against the link in progress, and a queued one would race the caller.
+	 */
+	fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 	reply_entry(req, &e);
-	/* The new name is a node of its own, so the kernel does not see the old name's link
-	 * count change: drop its cached attributes, after the reply, so they are asked again. */
-	fs_invalidate(fs_of(req), 0, NULL, ino);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -411,9 +420,9 @@ static void reply_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	handle_track(fs_of(req), h);
 }
 
-static void handle_free(fuse_req_t req, struct fs_handle *h)
+static void handle_free(struct fs_ctx *fs, struct fs_handle *h)
 {
-	handle_untrack(fs_of(req), h);
+	handle_untrack(fs, h);
 	if (h->fd >= 0)
 		close(h->fd);
 	fetch_close(h->ff);
@@ -452,11 +461,13 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	handle_of(fi)->ff = ff;
+	struct fs_ctx *fs = fs_of(req); /* req is freed by the reply */
+
 	if (fuse_reply_open(req, fi) == -ENOENT) {
 		struct fs_handle *h = handle_of(fi);
 
-		ns_release(ns_of(req), ino, h->writable, false);
-		handle_free(req, h);
+		ns_release(fs->d->ns, ino, h->writable, false);
+		handle_free(fs, h);
 	}
 }
 
@@ -473,9 +484,11 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		fuse_reply_err(req, -ret);
 		return;
 	}
+	struct ns *ns = ns_of(req); /* reply_open may answer (and free) req */
+
 	reply_open(req, e.ino, fi, fd, false);
 	if (!fi->fh) {
-		ns_forget(ns_of(req), e.ino, 1);
+		ns_forget(ns, e.ino, 1);
 		return;
 	}
 	handle_of(fi)->wrote = true; /* a new file is published at close even if empty */
@@ -485,12 +498,14 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	p.attr = e.attr;
 	p.attr_timeout = FS_CACHE_TIMEOUT;
 	p.entry_timeout = FS_CACHE_TIMEOUT;
+	struct fs_ctx *fs = fs_of(req); /* req is freed by the reply */
+
 	if (fuse_reply_create(req, &p, fi) == -ENOENT) {
 		struct fs_handle *h = handle_of(fi);
 
-		ns_release(ns_of(req), e.ino, h->writable, true);
-		ns_forget(ns_of(req), e.ino, 1);
-		handle_free(req, h);
+		ns_release(fs->d->ns, e.ino, h->writable, true);
+		ns_forget(fs->d->ns, e.ino, 1);
+		handle_free(fs, h);
 	}
 }
 
@@ -566,7 +581,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct fs_handle *h = handle_of(fi);
 	bool writable = h->writable, wrote = h->wrote;
 
-	handle_free(req, h);
+	handle_free(fs_of(req), h);
 	ns_release(ns_of(req), ino, writable, wrote);
 	fuse_reply_err(req, 0);
 }

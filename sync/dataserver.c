@@ -1464,7 +1464,8 @@ static int bind_listen(const struct mfs_config *cfg, int *fd_out)
 		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
 		    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, DS_BACKLOG) < 0) {
 			ret = -errno;
-			log_msg(LOG_ERR, "data server: cannot listen on %s: %s", where,
+			/* The caller reports the failure to the user; this is the detail. */
+			log_msg(LOG_DEBUG, "data server: cannot listen on %s: %s", where,
 				strerror(errno));
 			close(fd);
 			fd = -1;

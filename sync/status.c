@@ -175,7 +175,7 @@ static int host_views(struct snap *s, bool peer_totals)
 			v->last_seen_s = v->reached && s->now > ps.last_seen ? s->now - ps.last_seen : 0;
 			v->lag_s = v->last_seen_s;
 			v->errors = ps.errors;
-			switch (ps.state) {
+			switch (v->reached ? ps.state : PEER_DOWN) {
 			case PEER_UP:
 				v->state = "up";
 				break;

@@ -178,6 +178,65 @@ def xxh128(path):
     return "xxh3-128:" + out.split()[0].lower()
 
 
+def xxh128_bytes(data):
+    """`xxh3-128:<32 hex>` of @data (bytes or str), as xxhsum -H2 prints it."""
+    if isinstance(data, str):
+        data = data.encode()
+    out = subprocess.run(["xxhsum", "-H2", "-"], input=data, check=True, capture_output=True,
+                         timeout=120).stdout.decode()
+    return "xxh3-128:" + out.split()[0].lower()
+
+
+def catalog_entries(state_dir, host=None, category=None, path=None):
+    """The rows of the entries table of <state_dir>/catalog.db as dicts (hash as lowercase
+    hex), filtered by the given columns. Opened read-only, so it works while the daemon runs
+    (WAL) and after it died."""
+    import sqlite3
+    db = Path(state_dir) / "catalog.db"
+    if not db.exists():
+        return []
+    where, args = [], []
+    for col, val in (("host", host), ("category", category), ("path", path)):
+        if val is not None:
+            where.append(f"{col} = ?")
+            args.append(val)
+    sql = "SELECT host, category, path, size, hash, seq, deleted FROM entries"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute(sql + " ORDER BY category, path", args).fetchall()
+    finally:
+        conn.close()
+    return [{"host": r[0], "category": r[1], "path": r[2], "size": r[3],
+             "hash": bytes(r[4]).hex(), "seq": r[5], "deleted": r[6]} for r in rows]
+
+
+NOBODY = 65534
+
+
+def allow_traverse(path):
+    """Adds search (x) permission for others to every directory above @path, so that an
+    unprivileged user can reach it (pytest makes its temp dirs 0700)."""
+    import stat as _stat
+    for d in Path(path).resolve().parents:
+        st = d.stat()
+        if not st.st_mode & _stat.S_IXOTH:
+            os.chmod(d, _stat.S_IMODE(st.st_mode) | _stat.S_IXOTH)
+
+
+def run_as(uid, gid, *argv, timeout=60, env=None, input=None):
+    """Runs @argv as @uid:@gid with no supplementary groups (setpriv). Returns a
+    CompletedProcess with text stdout and stderr."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update({k: str(v) for k, v in env.items()})
+    cmd = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+           *(str(a) for a in argv)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * SLOW,
+                          env=full_env, input=input, cwd="/")
+
+
 def gen_sample_data(root, games=(), models=(), npz=(), seed=0):
     """Runs scripts/gen-sample-data into @root. games: [(name, count)], models/npz: [(name,
     size)] with size an int or a string like "2M"."""
@@ -667,15 +726,18 @@ class Node:
         f.flush()
         return f
 
-    def start(self, *, wait=True, timeout=MOUNT_TIMEOUT, args=(), mode="mount"):
+    def start(self, *, wait=True, timeout=MOUNT_TIMEOUT, args=(), mode="mount",
+              detach_stale=True):
         """Starts the daemon. mode "mount": `meshfs mount -c CFG MNT -f` (foreground, ours);
         "mount-bg": `meshfs mount -c CFG MNT` which must return once the mount is ready;
-        "serve": `meshfs serve -c CFG`. With @wait, returns once ready (see wait_ready)."""
+        "serve": `meshfs serve -c CFG`. With @wait, returns once ready (see wait_ready).
+        A mount still at MNT (say a killed daemon's) is detached first, unless @detach_stale
+        is False: then meshfs itself has to deal with it."""
         if self.proc is not None and self.proc.poll() is None:
             raise AssertionError(f"{self.name} is already running (pid {self.pid})")
         binary = require_meshfs_bin()
         self.write_config()
-        if is_mounted(self.mnt):
+        if detach_stale and is_mounted(self.mnt):
             detach_mount(self.mnt)
         self.mode = mode
         self._deliberate_kill = False
@@ -822,9 +884,11 @@ class Node:
         self._stopped = True
         return rc
 
-    def kill(self, sig=signal.SIGKILL):
-        """Simulates a crash: sends @sig, reaps the daemon and detaches the dead mount.
-        The resulting exit status is not reported as a problem. Returns it."""
+    def kill(self, sig=signal.SIGKILL, detach=True):
+        """Simulates a crash: sends @sig, reaps the daemon and (with @detach) detaches the
+        dead mount; without, the stale mount stays for the test to look at (stop() and
+        finish() still detach it). The resulting exit status is not reported as a problem.
+        Returns it."""
         if self.proc is None:
             return None
         self._deliberate_kill = True
@@ -833,7 +897,7 @@ class Node:
         if rc is None:
             self.proc.signal(signal.SIGKILL)
             rc = self.proc.wait(KILL_TIMEOUT)
-        if is_mounted(self.mnt):
+        if detach and is_mounted(self.mnt):
             detach_mount(self.mnt)
         with _LIVE_LOCK:
             _LIVE.discard(self)
@@ -1047,4 +1111,5 @@ __all__ = [
     "health", "is_mounted", "meshfs_bin", "meshfs_xattrs", "mount_entry", "random_bytes",
     "require_meshfs_bin", "run_meshfs", "setxattr", "to_yaml", "wait_until", "write_file",
     "xattr_errno", "xxh128",
+    "NOBODY", "allow_traverse", "catalog_entries", "run_as", "xxh128_bytes",
 ]
