@@ -41,7 +41,8 @@ static const struct command commands[] = {
 	  "[--priority P] [--host H] [--no-wait] -c CONFIG",
 	  "bring data up to date now and report what is local and verified" },
 	{ "status", status_main, "status [--json] -c CONFIG", "show the node's data status" },
-	{ "check", check_main, "check -c CONFIG", "verify cached files against their hashes" },
+	{ "check", check_main, "check -c CONFIG",
+	  "verify cached copies against their hashes; bad chunks are dropped and fetched again" },
 	{ "help", help_main, "help [COMMAND]", "show help" },
 };
 
@@ -343,6 +344,9 @@ static int check_main(int argc, char **argv)
 {
 	const char *cfg_path = NULL;
 	struct mfs_config *cfg = NULL;
+	json_t *req = NULL, *resp = NULL, *bad, *b;
+	size_t i;
+	int ret = 1, r;
 
 	if (parse_common(argc, argv, &cfg_path, NULL) != argc) {
 		fprintf(stderr, "usage: meshfs check -c CONFIG\n");
@@ -350,12 +354,34 @@ static int check_main(int argc, char **argv)
 	}
 	if (load_config("check", cfg_path, &cfg) < 0)
 		return 1;
-	/* Only copies fetched from other nodes can go bad behind the catalog's back; this
-	 * version fetches nothing, so there is nothing to verify or quarantine. */
-	printf("meshfs check: node %s: 0 cached copies to verify (this version holds only the "
-	       "node's own files)\n", cfg->node);
+	/* The daemon owns the cache; it verifies it while it keeps serving. */
+	req = json_pack("{s:s}", "cmd", "check");
+	r = req ? control_request_timeout(cfg->state_dir, req, &resp, 3600 * 1000) : -ENOMEM;
+	if (r < 0) {
+		fprintf(stderr, "meshfs check: no meshfs daemon answers for node %s "
+			"(socket %s/control.sock: %s)\n", cfg->node, cfg->state_dir, strerror(-r));
+		goto out;
+	}
+	if (json_object_get(resp, "error")) {
+		fprintf(stderr, "meshfs check: %s\n",
+			json_string_value(json_object_get(resp, "error")));
+		goto out;
+	}
+	bad = json_object_get(resp, "bad");
+	json_array_foreach(bad, i, b)
+		printf("BAD %s/%s: %s (quarantined: fetched again when read)\n",
+		       json_string_value(json_object_get(b, "category")),
+		       json_string_value(json_object_get(b, "path")),
+		       json_string_value(json_object_get(b, "problem")));
+	printf("meshfs check: %lld cached versions verified, %zu bad\n",
+	       (long long)json_integer_value(json_object_get(resp, "checked")),
+	       json_array_size(bad));
+	ret = json_array_size(bad) ? 1 : 0;
+out:
+	json_decref(req);
+	json_decref(resp);
 	config_free(cfg);
-	return 0;
+	return ret;
 }
 
 int main(int argc, char **argv)

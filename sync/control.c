@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "sync/config.h"
+#include "sync/cache.h"
 #include "sync/daemon.h"
 #include "sync/facade.h"
 #include "sync/log.h"
@@ -157,10 +158,33 @@ static json_t *cmd_health(struct daemon *d, json_t *req)
 	return status_health(d);
 }
 
+static void check_report(void *arg, const char *category, const char *path, const char *what)
+{
+	json_array_append_new(arg, json_pack("{s:s, s:s, s:s}", "category", category, "path",
+					     path, "problem", what));
+}
+
+/* meshfs check: re-verifies the cache; bad chunks are marked absent (quarantined) and listed. */
+static json_t *cmd_check(struct daemon *d, json_t *req)
+{
+	json_t *bad = json_array();
+	int n;
+
+	if (!bad)
+		return NULL;
+	n = d->cache ? cache_check(d->cache, check_report, bad) : 0;
+	if (n < 0) {
+		json_decref(bad);
+		return json_pack("{s:s+}", "error", "cache check: ", strerror(-n));
+	}
+	return json_pack("{s:i, s:o}", "checked", n, "bad", bad);
+}
+
 static const struct {
 	const char *name;
 	json_t *(*fn)(struct daemon *d, json_t *req);
 } ctl_cmds[] = {
+	{ "check", cmd_check },
 	{ "status", cmd_status },
 	{ "health", cmd_health },
 	{ "sync", facade_sync },
@@ -238,6 +262,8 @@ static int conn_answer(struct control *c, struct ctl_conn *cn, bool too_long)
 	json_decref(resp);
 	if (ret < 0)
 		log_msg(LOG_WARNING, "control: out of memory answering a request");
+	/* A long command (check) must not eat the time to send its own answer. */
+	cn->deadline = mono_ns() + (int64_t)CTL_DEADLINE_MS * 1000000;
 	return ret;
 }
 
@@ -637,7 +663,12 @@ out:
  */
 int control_request(const char *state_dir, json_t *req, json_t **resp)
 {
-	int64_t deadline = mono_ns() + (int64_t)CTL_DEADLINE_MS * 1000000;
+	return control_request_timeout(state_dir, req, resp, CTL_DEADLINE_MS);
+}
+
+int control_request_timeout(const char *state_dir, json_t *req, json_t **resp, int timeout_ms)
+{
+	int64_t deadline = mono_ns() + (int64_t)timeout_ms * 1000000;
 	struct ctl_buf reply = { 0 };
 	struct sockaddr_un addr;
 	char *path = NULL, *line = NULL;

@@ -25,4 +25,8 @@ void control_stop(struct control *c);
  */
 int control_request(const char *state_dir, json_t *req, json_t **resp);
 
+/* The same with a deadline of @timeout_ms instead of 5 s, for commands that take long (check):
+ * the daemon answers them on its control thread while other requests wait. */
+int control_request_timeout(const char *state_dir, json_t *req, json_t **resp, int timeout_ms);
+
 #endif

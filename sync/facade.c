@@ -91,8 +91,9 @@ static int walk_one(void *arg, const struct cat_entry *e)
 		json_array_append_new(w->failed,
 				      json_pack("{s:s+++, s:s, s:s}", "path", e->category, "/",
 						e->path, "", "host", e->host, "error",
-						"transfers from other nodes are not available in this "
-						"version"));
+						"not fetched by meshfs sync in this version (AutoSync "
+						"issue): it is fetched when read, or queued with "
+						"setfattr -n user.meshfs.prefetch"));
 	return 0;
 }
 
@@ -135,9 +136,7 @@ json_t *facade_sync(struct daemon *d, json_t *req)
 			json_array_append_new(w.failed,
 					      json_pack("{s:s, s:s, s:s}", "path", "", "host",
 							w.host, "error",
-							"host never reached: no manifest from it "
-							"(transfers between nodes are not available "
-							"in this version)"));
+							"host never reached: no manifest from it"));
 		}
 	}
 	ret = catalog_foreach(d->catalog, NULL, walk_one, &w);

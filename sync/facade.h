@@ -3,10 +3,11 @@
  *
  * A request names a category (or all), optional board type / player count filters on file
  * base names (`*_<board>_<n>p*`), a priority and optionally one source host. The daemon
- * answers with what matched, what is local and verified, and every failure. In this version
- * every published file is this node's own (indexed and hashed here, so verified); files known
- * from other hosts, and any --host other than this node, fail with the reason, since transfers
- * between nodes arrive with the cluster layer.
+ * answers with what matched, what is local and verified, and every failure. This node's own
+ * files are verified (indexed and hashed here). Files known from other hosts are fetched when
+ * read or prefetched (user.meshfs.prefetch); making `meshfs sync` fetch and wait for them is the
+ * AutoSync issue's, so today they are reported as failures with that reason, as is a --host
+ * that was never reached.
  */
 #ifndef MESHFS_FACADE_H
 #define MESHFS_FACADE_H
