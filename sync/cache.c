@@ -1012,19 +1012,27 @@ bool cache_file_range_present(struct cache_file *f, uint64_t off, uint64_t len)
 
 int cache_file_write_chunk(struct cache_file *f, size_t idx, const void *buf, size_t len)
 {
+	int ret;
+
+	if (!f || idx >= f->nchunks || len != chunk_len(f, idx) || (!buf && len))
+		return -EINVAL;
+	ret = pwrite_all(f->fd, buf, len, (uint64_t)idx * HASH_CHUNK_SIZE);
+	if (ret) {
+		log_msg(LOG_ERR, "cache: %s: write chunk %zu: %s", f->hex, idx, strerror(-ret));
+		return ret;
+	}
+	return cache_file_commit_chunk(f, idx, len);
+}
+
+int cache_file_commit_chunk(struct cache_file *f, size_t idx, size_t len)
+{
 	struct cache *c;
 	struct snap s = { 0 };
 	int ret = -EINVAL;
 
-	if (!f || idx >= f->nchunks || len != chunk_len(f, idx) || (!buf && len))
+	if (!f || idx >= f->nchunks || len != chunk_len(f, idx))
 		goto out;
 	c = f->c;
-	ret = pwrite_all(f->fd, buf, len, (uint64_t)idx * HASH_CHUNK_SIZE);
-	if (ret) {
-		log_msg(LOG_ERR, "cache: %s: write chunk %zu: %s", f->hex, idx, strerror(-ret));
-		goto out;
-	}
-
 	pthread_mutex_lock(&c->persist_lock);
 	pthread_mutex_lock(&c->lock);
 	pthread_mutex_lock(&f->lock);

@@ -94,6 +94,13 @@ bool cache_file_range_present(struct cache_file *f, uint64_t off, uint64_t len);
 int cache_file_write_chunk(struct cache_file *f, size_t idx, const void *buf, size_t len);
 
 /*
+ * Marks chunk @idx (@len bytes, its full length) present when the caller has itself written it
+ * into cache_file_fd() as it arrived and verified it against its hash; the reservation is
+ * consumed as with cache_file_write_chunk. 0 or -EINVAL.
+ */
+int cache_file_commit_chunk(struct cache_file *f, size_t idx, size_t len);
+
+/*
  * Once every chunk is present: reads the file back, checks the whole-file hash, and marks the
  * version complete (synced_at = now). -EAGAIN if chunks are missing; -EBADMSG on a mismatch
  * (every chunk is marked absent again and the error recorded).

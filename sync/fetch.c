@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sync/hash.h"
 #include "sync/log.h"
@@ -28,12 +29,13 @@
 
 #define FETCH_MAX_XFERS 8		/* transfers at once, each holding one chunk buffer */
 #define FETCH_MAX_BACKGROUND 2		/* of which background completion may take */
-#define FETCH_AHEAD_CHUNKS 2		/* read-ahead for sequential readers */
+#define FETCH_AHEAD_CHUNKS 6		/* read-ahead for sequential readers */
 #define FETCH_POLL_MS 100
 #define FETCH_CONNECT_TIMEOUT_MS 2000
 #define FETCH_STALL_SECONDS 3		/* no progress this long: the source is stalled */
 #define FETCH_DEFAULT_BPS (50.0 * 1024 * 1024) /* guess for a source never measured */
 #define FETCH_MAX_CHUNK_LIST (1u << 20)
+#define FETCH_RECV_BUFFER (512 * 1024)
 
 enum chunk_state {
 	CH_ABSENT,
@@ -83,9 +85,15 @@ struct xfer {
 	struct curl_slist *headers;
 	int host;
 	size_t chunk;			/* SIZE_MAX: the chunk hash list */
+	/* The chunk list is collected in buf; a chunk goes straight into the cache file at its
+	 * place as it arrives (hashed on the way) and is marked present only once verified. */
 	char *buf;
-	size_t len;
-	size_t cap;
+	size_t len;			/* bytes received */
+	size_t cap;			/* bytes expected (chunk) or room in buf (list) */
+	int fd;				/* the cache file (chunks) */
+	uint64_t base;			/* offset of the chunk in the file */
+	struct hash_stream *hs;
+	int write_err;			/* -errno of a failed write into the cache */
 	uint64_t reserved;		/* cache bytes reserved for it */
 	int64_t started_ns;
 	bool background;
@@ -460,9 +468,28 @@ static size_t xfer_write(char *data, size_t size, size_t nmemb, void *arg)
 	struct xfer *x = arg;
 	size_t n = size * nmemb;
 
-	if (x->len + n > x->cap) {
-		if (x->chunk != SIZE_MAX)
+	if (x->chunk != SIZE_MAX) {
+		size_t done = 0;
+
+		if (x->len + n > x->cap)
 			return 0; /* more than the range asked for: abort, the source is wrong */
+		while (done < n) {
+			ssize_t w = pwrite(x->fd, data + done, n - done,
+					   (off_t)(x->base + x->len + done));
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				x->write_err = w < 0 ? -errno : -EIO;
+				return 0;
+			}
+			done += (size_t)w;
+		}
+		hash_stream_update(x->hs, data, n);
+		x->len += n;
+		return n;
+	}
+	if (x->len + n > x->cap) {
 		if (x->len + n > FETCH_MAX_CHUNK_LIST)
 			return 0;
 		size_t cap = (x->len + n) * 2;
@@ -511,6 +538,7 @@ out:
 
 static void xfer_free(struct xfer *x)
 {
+	hash_stream_free(x->hs);
 	if (x->easy)
 		curl_easy_cleanup(x->easy);
 	curl_slist_free_all(x->headers);
@@ -538,10 +566,18 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 	x->easy = curl_easy_init();
 	if (!x->easy)
 		goto fail;
-	x->cap = chunk == SIZE_MAX ? 64 * 1024 : chunk_len(ff, chunk);
-	x->buf = malloc(x->cap ? x->cap : 1);
-	if (!x->buf)
-		goto fail;
+	if (chunk == SIZE_MAX) {
+		x->cap = 64 * 1024;
+		x->buf = malloc(x->cap);
+		if (!x->buf)
+			goto fail;
+	} else {
+		x->cap = chunk_len(ff, chunk);
+		x->fd = cache_file_fd(ff->cf);
+		x->base = (uint64_t)chunk * HASH_CHUNK_SIZE;
+		if (hash_stream_new(&x->hs) < 0)
+			goto fail;
+	}
 	ret = peers_base_url(f->cfg, (size_t)host, base, sizeof(base));
 	if (ret < 0)
 		goto fail;
@@ -580,6 +616,8 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 	curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_TIME, (long)FETCH_STALL_SECONDS);
 	curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http");
+	/* Large receive buffers: fewer callbacks and poll rounds per 4 MiB chunk. */
+	curl_easy_setopt(x->easy, CURLOPT_BUFFERSIZE, (long)FETCH_RECV_BUFFER);
 	if (chunk != SIZE_MAX) {
 		uint64_t start = (uint64_t)chunk * HASH_CHUNK_SIZE;
 		char range[64];
@@ -753,7 +791,11 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 	int ret = 0;
 
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
-	if (rc != CURLE_OK) {
+	if (x->write_err < 0) {
+		snprintf(why, sizeof(why), "cache write of chunk %zu: %s", x->chunk,
+			 strerror(-x->write_err));
+		ret = x->write_err;
+	} else if (rc != CURLE_OK) {
 		snprintf(why, sizeof(why), "%s: %s", host, x->error[0] ? x->error :
 			 curl_easy_strerror(rc));
 		ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -ECONNREFUSED;
@@ -774,17 +816,18 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 				 x->chunk, status, x->len);
 			ret = -EIO;
 		} else if (cache_file_chunk_hash(ff->cf, x->chunk, &expect) < 0 ||
-			   (got = hash_buf(x->buf, x->len), !hash_equal(&got, &expect))) {
-			/* Never let a byte of it reach anyone: drop the source. */
+			   (got = hash_stream_digest(x->hs), !hash_equal(&got, &expect))) {
+			/* Its bytes are in the cache file but the chunk stays absent, so no
+			 * reader ever sees one of them; the source is dropped. */
 			snprintf(why, sizeof(why), "%s served a corrupt chunk %zu", host, x->chunk);
 			ret = -EBADMSG;
 		} else {
-			ret = cache_file_write_chunk(ff->cf, x->chunk, x->buf, x->len);
+			ret = cache_file_commit_chunk(ff->cf, x->chunk, x->len);
 			if (ret < 0)
 				snprintf(why, sizeof(why), "cache write of chunk %zu: %s", x->chunk,
 					 strerror(-ret));
 			else
-				x->reserved = 0; /* consumed by the write */
+				x->reserved = 0; /* consumed by the commit */
 		}
 	}
 	if (f->peers)

@@ -189,3 +189,45 @@ void hash_from_bytes(const uint8_t in[16], struct hash128 *h)
 	h->hi = hi;
 	h->lo = lo;
 }
+
+/* XXH3_state_t is opaque to callers: they hold it through this wrapper. */
+struct hash_stream {
+	XXH3_state_t *st;
+};
+
+int hash_stream_new(struct hash_stream **out)
+{
+	struct hash_stream *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return -ENOMEM;
+	s->st = XXH3_createState();
+	if (!s->st || XXH3_128bits_reset(s->st) != XXH_OK) {
+		hash_stream_free(s);
+		return -ENOMEM;
+	}
+	*out = s;
+	return 0;
+}
+
+void hash_stream_update(struct hash_stream *s, const void *buf, size_t len)
+{
+	XXH3_128bits_update(s->st, buf, len);
+}
+
+struct hash128 hash_stream_digest(const struct hash_stream *s)
+{
+	XXH128_hash_t h = XXH3_128bits_digest(s->st);
+	struct hash128 out = { .hi = h.high64, .lo = h.low64 };
+
+	return out;
+}
+
+void hash_stream_free(struct hash_stream *s)
+{
+	if (!s)
+		return;
+	if (s->st)
+		XXH3_freeState(s->st);
+	free(s);
+}

@@ -23,6 +23,14 @@ struct hash128 {
 /* The XXH3-128 of @len bytes at @buf. */
 struct hash128 hash_buf(const void *buf, size_t len);
 
+/* Incremental hashing of data that arrives in pieces (a chunk being received). */
+struct hash_stream;
+int hash_stream_new(struct hash_stream **out);
+void hash_stream_update(struct hash_stream *s, const void *buf, size_t len);
+/* The hash of everything given so far (the stream may go on). */
+struct hash128 hash_stream_digest(const struct hash_stream *s);
+void hash_stream_free(struct hash_stream *s);
+
 /*
  * Hashes the file open on @fd from offset 0 to EOF with pread. On success returns 0, the
  * whole-file hash in *whole, the size in *size and, if @chunks is not NULL, a new array of
