@@ -631,6 +631,7 @@ def test_small_read_of_a_big_remote_file_does_not_wait_for_the_rest(servers, mak
         took = time.monotonic() - t0
         present = cached_bytes(path)
         st = state_of(path)
+        ranges = proxy.file_requests(rel)
     finally:
         os.close(fd)
     assert got == data[off:off + 4096], "the small read returned wrong bytes"
@@ -638,11 +639,12 @@ def test_small_read_of_a_big_remote_file_does_not_wait_for_the_rest(servers, mak
         f"cached_bytes {present} right after one 4 KiB read of {size}: the read waited for " \
         "(much of) the whole file"
     assert st in ("partial", "fetching"), st
-    # The requested range was asked for first.
-    ranges = proxy.file_requests(rel)
-    assert ranges, "no file request went to a"
-    assert off // CHUNK in chunks_of_range(ranges[0], size), \
-        f"first range asked {ranges[0]!r} does not hold offset {off} (all: {ranges})"
+    # The chunk holding the offset was asked for at once, not after the chunks before it:
+    # when the read returned, only a few of the 16 chunks had been asked for. (Which request
+    # reaches a first is not fixed: the background completion may start in the same breath.)
+    asked = sorted({i for r in ranges for i in chunks_of_range(r, size)})
+    assert off // CHUNK in asked, f"chunk {off // CHUNK} never asked for: {ranges}"
+    assert len(asked) < size // CHUNK // 2, f"chunks asked before the read returned: {asked}"
     assert took < 8 * h.SLOW, f"a 4 KiB read took {took:.1f} s"
 
     # The rest reads right too, and then the file is complete.
@@ -729,30 +731,49 @@ def test_corrupted_bytes_are_detected_and_never_read(servers, make_cluster):
     proxy = servers(subnet_address(cluster, 100), a, corrupt=True)
     route_via(b, a, proxy)
     b.config_extra = h.deep_merge(b.config_extra, {"auto_sync": {"read_deadline_seconds": 5}})
+    mtime = time.time_ns() - 3600 * 10**9
+    # both.pth: a and c hold it from the start.
+    both = h.random_bytes(6 * CHUNK + 99, seed="both")
+    put(a, "models/both.pth", both, mtime_ns=mtime)
+    put(c, "models/both.pth", both, mtime_ns=mtime)
+    # fragile.pth: only a holds it, at first.
     size = 10 * MiB + 77
     data = h.random_bytes(size, seed="corrupt")
     rel = "models/fragile.pth"
-    mtime = time.time_ns() - 3600 * 10**9
     put(a, rel, data, mtime_ns=mtime)
     cluster.start()
     wait_shown(b, rel, data, REMOTE_WITHIN + PUBLISH_WITHIN)
+    wait_shown(b, "models/both.pth", both, REMOTE_WITHIN + PUBLISH_WITHIN)
+    wait_sources(b, "models/both.pth", {"a", "c"})
     path = b.path(rel)
     assert sources_of(path) == {"a"}
 
+    # Two sources, one of them corrupt: the read returns the right bytes (what a sent is
+    # caught, and asked of c instead).
+    out = read_in_child(b.path("models/both.pth"), 0, len(both), 60)
+    assert out["errno"] == 0, out
+    assert out["len"] == len(both) and out["sha256"] == sha256(both), \
+        f"read returned other bytes than the file's: {out}"
+    assert proxy.corrupted >= 1, \
+        f"b asked a for no chunk of both.pth (requests to a: {proxy.file_requests()})"
+    wait_state(b.path("models/both.pth"), "cached", 30)
+    assert xattr(b.path("models/both.pth"), "hash") == h.xxh128_bytes(both)
+    assert health_host(b, "a")["errors"] >= 1
+
     # Only a holds it, and every byte from a arrives corrupted: the read must fail, never
     # hand out a wrong byte.
+    corrupted_before = proxy.corrupted
     out = read_in_child(path, 0, size, 5 + 10)
-    assert proxy.corrupted >= 1, "the proxy corrupted nothing: b did not ask a for the data"
+    assert proxy.corrupted > corrupted_before, \
+        "the proxy corrupted nothing: b did not ask a for fragile.pth"
     assert out["errno"] == errno.EIO, f"reading data only a corrupt source has: {out}"
     assert xattr(path, "last_error") != ""
     assert cached_bytes(path) == 0, "a chunk from a corrupt source was kept"
     assert state_of(path) != "cached"
-    assert health_host(b, "a")["errors"] >= 1
 
     # Now c holds the same bytes too: the read gets them from c.
     put(c, rel, data, mtime_ns=mtime)
     wait_sources(b, rel, {"a", "c"}, REMOTE_WITHIN + PUBLISH_WITHIN)
-    corrupted_before = proxy.corrupted
     out = read_in_child(path, 0, size, 60)
     assert out["errno"] == 0, out
     assert out["len"] == size and out["sha256"] == sha256(data), \
@@ -762,14 +783,16 @@ def test_corrupted_bytes_are_detected_and_never_read(servers, make_cluster):
     assert xattr(path, "hash") == h.xxh128_bytes(data)
     drop_page_cache(path)
     assert read_bytes(path) == data
-    # a may have been asked again (and corrupted again), but no corrupted chunk was kept.
-    assert proxy.corrupted >= corrupted_before
 
 
 # --- every peer down ------------------------------------------------------------------------------
 
 @pytest.mark.meshfs_timeout(120)
-def test_every_peer_down_cached_reads_and_missing_fails_with_eio_in_time(make_cluster):
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_every_peer_down_cached_reads_and_missing_fails_with_eio_in_time(make_cluster, how):
+    """With its only peer gone (killed: connections refused; frozen by SIGSTOP: connections
+    accepted by the kernel and never answered), b still reads what it has cached, at once,
+    and a read of anything else fails with EIO within read_deadline_seconds plus slack."""
     deadline = 3
     cluster = make_cluster(["a", "b"], start=False,
                            nodes={"b": {"config": {
@@ -786,26 +809,37 @@ def test_every_peer_down_cached_reads_and_missing_fails_with_eio_in_time(make_cl
     wait_state(b.path("games/have.db"), "cached", 10)
     assert state_of(b.path("games/missing.db")) == "remote"
 
-    a.kill(signal.SIGKILL)
+    if how == "killed":
+        a.kill(signal.SIGKILL)
+    else:
+        os.kill(a.pid, signal.SIGSTOP)
+    try:
+        # The cached copy reads without the network, well within the deadline.
+        drop_page_cache(b.path("games/have.db"))
+        out = read_in_child(b.path("games/have.db"), 0, len(have), deadline)
+        assert out["errno"] == 0 and out["sha256"] == sha256(have), out
+        assert state_of(b.path("games/have.db")) == "cached"
 
-    # The cached copy reads without the network, well within the deadline.
-    drop_page_cache(b.path("games/have.db"))
-    out = read_in_child(b.path("games/have.db"), 0, len(have), deadline)
-    assert out["errno"] == 0 and out["sha256"] == sha256(have), out
-    assert state_of(b.path("games/have.db")) == "cached"
-
-    # The missing one fails with EIO within the deadline (plus slack), and says why.
-    out = read_in_child(b.path("games/missing.db"), 0, len(missing), deadline + 5)
-    assert out["errno"] == errno.EIO, out
-    assert out["elapsed"] <= deadline + 3 * h.SLOW, out
-    assert xattr(b.path("games/missing.db"), "last_error") != ""
-    assert state_of(b.path("games/missing.db")) in ("remote", "error", "partial")
-    # A small read in the middle fails the same way; the daemon keeps serving.
-    out = read_in_child(b.path("games/missing.db"), 4 * MiB + 5, 100, deadline + 5)
-    assert out["errno"] == errno.EIO, out
-    assert listing(b.path("games")) == ["have.db", "missing.db"]
-    assert read_bytes(b.path("games/have.db")) == have
-    assert b.running()
+        # The missing one fails with EIO within the deadline (plus slack), and says why.
+        out = read_in_child(b.path("games/missing.db"), 0, len(missing), deadline + 5)
+        assert out["errno"] == errno.EIO, out
+        assert out["elapsed"] <= deadline + 3 * h.SLOW, out
+        assert xattr(b.path("games/missing.db"), "last_error") != ""
+        assert state_of(b.path("games/missing.db")) in ("remote", "error", "partial")
+        # A small read in the middle fails the same way; the daemon keeps serving.
+        out = read_in_child(b.path("games/missing.db"), 4 * MiB + 5, 100, deadline + 5)
+        assert out["errno"] == errno.EIO, out
+        assert out["elapsed"] <= deadline + 3 * h.SLOW, out
+        assert listing(b.path("games")) == ["have.db", "missing.db"]
+        assert read_bytes(b.path("games/have.db")) == have
+        assert b.running()
+    finally:
+        if how == "frozen":
+            os.kill(a.pid, signal.SIGCONT)
+    if how == "frozen":
+        # Back: the missing file reads now.
+        wait_until(lambda: read_bytes(b.path("games/missing.db")) == missing, 20,
+                   message="missing.db readable once a is back")
 
 
 # --- many readers, one transfer -------------------------------------------------------------------
