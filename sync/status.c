@@ -112,8 +112,9 @@ static uint64_t own_unreplicated(const struct mfs_config *cfg, uint64_t own_byte
 }
 
 /*
- * This node's file count and bytes: the indexer's in-memory counters once its first full
- * scan is done (cheap enough for every health request), the catalog before that.
+ * This node's file count and bytes: the indexer's in-memory counters (it starts them from the
+ * catalog and keeps them through its scans), so a health request costs nothing even while a
+ * first scan of a million files is running; the catalog only when there is no indexer.
  */
 static void self_totals(struct snap *s, uint64_t *files, uint64_t *bytes)
 {
@@ -121,7 +122,7 @@ static void self_totals(struct snap *s, uint64_t *files, uint64_t *bytes)
 
 	*files = 0;
 	*bytes = 0;
-	if (s->d->indexer && s->ix.last_scan_done > 0) {
+	if (s->d->indexer) {
 		*files = s->ix.files;
 		*bytes = s->ix.bytes;
 		return;
