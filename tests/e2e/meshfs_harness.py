@@ -583,9 +583,27 @@ def deep_merge(base, extra):
 _SUBNETS = itertools.count()
 
 
+def _port_free(address, port=DEFAULT_PORT):
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((address, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def next_subnet():
-    """A third octet for a new cluster's 127.0.<k>.0/24; 127.0.0.x is left to humans (demo)."""
-    return 10 + next(_SUBNETS) % 240
+    """A third octet for a new cluster's 127.0.<k>.0/24; 127.0.0.x is left to humans (demo).
+    Subnets whose first addresses already have the data-server port taken (another test run or
+    a benchmark on this machine) are skipped, at most one full round."""
+    for _ in range(240):
+        k = 10 + next(_SUBNETS) % 240
+        if all(_port_free(f"127.0.{k}.{n}") for n in (2, 3, 4)):
+            return k
+    return k
 
 
 # ---------------------------------------------------------------------------------------------
