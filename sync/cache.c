@@ -38,145 +38,32 @@
  *   Evicting deletes the file and clears the copy columns of its rows; a row that still holds
  *   a pin or an error stays (then without a copy), the others are deleted.
  *
- * Locking. Order: c->persist_lock, then c->lock, then f->lock.
- * - c->lock protects the tables, the LRU list, the counters and the fields marked so in versions
- *   and names. It is held for memory work and metadata syscalls (open, ftruncate, rename, stat),
- *   never across a catalog call or data I/O (pread/pwrite, hashing, unlink of a big file).
- * - f->lock (one per version) protects its bitmap, chunk list and completion; the read path
- *   (chunk_present, range_present) takes only it.
- * - c->persist_lock is held by a writer from its memory change until its catalog write is done,
- *   so rows are written in the order memory changed (two chunk writes of one version committing
- *   their bitmaps in the other order would lose a bit, or bring back one a check had cleared).
- *   It is the one lock here held across a catalog call: it guards no memory, no reader takes
- *   it, and the writers it orders would queue on the catalog's own mutex anyway.
+ * Files: this one has the core (open and close, handles, chunk writes, completion, names, pins,
+ * space and eviction); cache_verify.c re-reads cache files against their hashes (cache_check,
+ * and at open the loading of the catalog's rows, the reconciliation with the directory and the
+ * re-check of partial copies); cache_int.h has the structures both share and the locking rules
+ * (order: c->persist_lock, then c->lock, then f->lock; only persist_lock is held across a
+ * catalog call).
  */
 #include "sync/cache.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "sync/cache_int.h"
 #include "sync/log.h"
 #include "sync/util.h"
 
 #define CACHE_SUBDIR "cache"
-#define SESSION_KEY "cache_session"
-#define SESSION_CLEAN "clean"
-#define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
 #define TABLE_MIN_CAP 64
-#define TRASH_NAME_MAX 80	/* "<32 hex>.<20 digits>.dead" */
-#define HEX_LEN 32
-
-struct cache_name {
-	struct cache_name *hnext;	/* names table chain; c->lock */
-	struct cache_name *fnext;	/* next name of the same version; c->lock */
-	struct cache_file *file;	/* the version held for it, NULL if none; c->lock */
-	bool pinned;			/* c->lock */
-	char *last_error;		/* NULL if none; c->lock */
-	uint64_t key_hash;		/* read-only */
-	const char *path;		/* read-only, points into key */
-	char key[];			/* read-only: category '\0' path '\0' */
-};
-
-struct cache_file {
-	struct cache *c;
-	struct hash128 hash;		/* read-only */
-	char hex[HEX_LEN + 1];		/* read-only: the file's name */
-	uint64_t size;			/* read-only */
-	size_t nchunks;			/* read-only */
-	int fd;				/* open while refs > 0 (stable for holders); c->lock */
-
-	/* protected by c->lock */
-	unsigned refs;
-	bool detached;			/* out of the tables, file unlinked */
-	struct cache_name *names;
-	struct cache_file *hnext;
-	struct cache_file *lru_prev, *lru_next;
-	int64_t last_access;
-	bool access_dirty;		/* last_access is newer than the catalog's */
-
-	pthread_mutex_t lock;		/* protects the fields below */
-	uint8_t *present;		/* bit i in byte i / 8, LSB first */
-	struct hash128 *chunks;		/* nchunks expected hashes; NULL until known */
-	uint64_t cached_bytes;		/* bytes of the present chunks */
-	bool complete;
-	int64_t synced_at;		/* 0 unless complete */
-};
-
-struct cache {
-	struct catalog *cat;		/* borrowed */
-	char *dir;			/* read-only */
-	int dir_fd;			/* read-only */
-	uint64_t max_size;		/* read-only; 0 = none */
-	double min_free_pct;		/* read-only */
-	uint64_t min_free_bytes;	/* read-only */
-
-	pthread_mutex_t persist_lock;	/* orders this module's catalog writes (file header) */
-	pthread_mutex_t lock;		/* protects the fields below */
-	struct cache_file **files;	/* by hash, chained through hnext; power-of-2 buckets */
-	size_t n_files, files_cap;
-	struct cache_name **names;	/* by (category, path), chained through hnext */
-	size_t n_names, names_cap;
-	size_t n_pins;			/* names with pinned set */
-	struct cache_file *lru_head;	/* least recently used first; attached versions only */
-	struct cache_file *lru_tail;
-	uint64_t used;
-	uint64_t reserved;
-	uint64_t trash_seq;
-};
-
-/* A copy of what a row records about a version, taken under the locks, written without. */
-struct snap {
-	uint8_t *present;
-	size_t present_len;
-	struct hash128 *chunks;
-	uint64_t cached_bytes;
-	int64_t synced_at;
-	int64_t last_access;
-	bool detached;
-};
 
 /* ---- small helpers ---- */
-
-static size_t bitmap_len(size_t nchunks)
-{
-	return (nchunks + 7) / 8;
-}
-
-static bool bit_get(const uint8_t *b, size_t i)
-{
-	return (b[i / 8] >> (i % 8)) & 1;
-}
-
-static void bit_set(uint8_t *b, size_t i)
-{
-	b[i / 8] |= (uint8_t)(1u << (i % 8));
-}
-
-static void bit_clear(uint8_t *b, size_t i)
-{
-	b[i / 8] &= (uint8_t)~(1u << (i % 8));
-}
-
-static uint64_t chunk_len(const struct cache_file *f, size_t idx)
-{
-	uint64_t off = (uint64_t)idx * HASH_CHUNK_SIZE;
-	uint64_t left = f->size - off;
-
-	return left < HASH_CHUNK_SIZE ? left : HASH_CHUNK_SIZE;
-}
-
-static uint64_t sub_clamp(uint64_t a, uint64_t b)
-{
-	return a > b ? a - b : 0;
-}
 
 static uint64_t add_sat(uint64_t a, uint64_t b)
 {
@@ -206,36 +93,13 @@ static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-/* Reads exactly @len bytes at @off; -EIO at an early EOF. */
-static int pread_all(int fd, void *buf, size_t len, uint64_t off)
-{
-	uint8_t *p = buf;
-
-	while (len > 0) {
-		ssize_t n = pread(fd, p, len, (off_t)off);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EIO;
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
 static bool valid_file_key(const char *category, const char *path)
 {
 	return category && *category && !strchr(category, '/') &&
 	       path_is_clean_relative(category) && path && path_is_clean_relative(path);
 }
 
-/* Pins may also name a directory, or with "" the whole category. */
-static bool valid_pin_key(const char *category, const char *path)
+bool cache_valid_pin_key(const char *category, const char *path)
 {
 	return category && *category && !strchr(category, '/') &&
 	       path_is_clean_relative(category) && path && (!*path || path_is_clean_relative(path));
@@ -254,17 +118,17 @@ static uint64_t key_hash(const char *category, const char *path, size_t path_len
 	return h;
 }
 
-static void hash_hex(const struct hash128 *h, char out[HEX_LEN + 1])
+static void hash_hex(const struct hash128 *h, char out[CACHE_HEX_LEN + 1])
 {
 	char s[HASH_STR_LEN];
 
 	hash_format(h, s);
-	memcpy(out, s + HASH_STR_LEN - 1 - HEX_LEN, HEX_LEN + 1);
+	memcpy(out, s + HASH_STR_LEN - 1 - CACHE_HEX_LEN, CACHE_HEX_LEN + 1);
 }
 
 /* ---- names ---- */
 
-static struct cache_name *name_new(const char *category, const char *path)
+struct cache_name *cache_name_new(const char *category, const char *path)
 {
 	size_t lc = strlen(category), lp = strlen(path);
 	struct cache_name *n = calloc(1, sizeof(*n) + lc + 1 + lp + 1);
@@ -278,7 +142,7 @@ static struct cache_name *name_new(const char *category, const char *path)
 	return n;
 }
 
-static void name_free(struct cache_name *n)
+void cache_name_free(struct cache_name *n)
 {
 	if (n) {
 		free(n->last_error);
@@ -338,7 +202,7 @@ static int names_grow(struct cache *c)
 	return 0;
 }
 
-static int names_insert(struct cache *c, struct cache_name *n)
+int cache_names_insert(struct cache *c, struct cache_name *n)
 {
 	size_t b;
 	int ret;
@@ -376,7 +240,7 @@ static void name_release_locked(struct cache *c, struct cache_name *n)
 	if (n->file || n->pinned || n->last_error)
 		return;
 	names_remove(c, n);
-	name_free(n);
+	cache_name_free(n);
 }
 
 /* True when a pin covers (category, path): on it, a directory above it, or its category. */
@@ -411,7 +275,7 @@ static bool file_pinned_locked(struct cache *c, struct cache_file *f)
 
 /* ---- versions ---- */
 
-static struct cache_file *files_find(struct cache *c, const struct hash128 *hash)
+struct cache_file *cache_files_find(struct cache *c, const struct hash128 *hash)
 {
 	if (!c->files_cap)
 		return NULL;
@@ -448,7 +312,7 @@ static int files_grow(struct cache *c)
 	return 0;
 }
 
-static int files_insert(struct cache *c, struct cache_file *f)
+int cache_files_insert(struct cache *c, struct cache_file *f)
 {
 	size_t b;
 	int ret;
@@ -476,7 +340,7 @@ static void files_remove(struct cache *c, struct cache_file *f)
 	f->hnext = NULL;
 }
 
-static void lru_append(struct cache *c, struct cache_file *f)
+void cache_lru_append(struct cache *c, struct cache_file *f)
 {
 	f->lru_next = NULL;
 	f->lru_prev = c->lru_tail;
@@ -500,7 +364,7 @@ static void lru_unlink(struct cache *c, struct cache_file *f)
 	f->lru_prev = f->lru_next = NULL;
 }
 
-static struct cache_file *file_new(struct cache *c, const struct hash128 *hash, uint64_t size)
+struct cache_file *cache_file_new(struct cache *c, const struct hash128 *hash, uint64_t size)
 {
 	struct cache_file *f = calloc(1, sizeof(*f));
 
@@ -512,7 +376,7 @@ static struct cache_file *file_new(struct cache *c, const struct hash128 *hash, 
 	f->size = size;
 	f->nchunks = (size_t)((size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE);
 	f->fd = -1;
-	f->present = calloc(bitmap_len(f->nchunks) + 1, 1);
+	f->present = calloc(cache_bitmap_len(f->nchunks) + 1, 1);
 	if (!f->present || pthread_mutex_init(&f->lock, NULL) != 0) {
 		free(f->present);
 		free(f);
@@ -521,7 +385,7 @@ static struct cache_file *file_new(struct cache *c, const struct hash128 *hash, 
 	return f;
 }
 
-static void file_free(struct cache_file *f)
+void cache_file_free(struct cache_file *f)
 {
 	if (!f)
 		return;
@@ -557,8 +421,7 @@ out:
 	return ret;
 }
 
-/* Takes a reference, opening the file for the first one. c->lock held. */
-static int file_ref_locked(struct cache *c, struct cache_file *f)
+int cache_file_ref_locked(struct cache *c, struct cache_file *f)
 {
 	int ret = 0;
 
@@ -569,13 +432,8 @@ static int file_ref_locked(struct cache *c, struct cache_file *f)
 	return ret;
 }
 
-/*
- * Takes @f out of the tables and the LRU list, unlinks it from its names (freeing those that
- * record nothing else) and renames its file to @trash (to be unlinked without the lock; ""
- * when there is none). Returns true when nobody holds @f: the caller then frees it; otherwise
- * the last cache_file_put does. c->lock held.
- */
-static bool file_detach_locked(struct cache *c, struct cache_file *f, char trash[TRASH_NAME_MAX])
+bool cache_file_detach_locked(struct cache *c, struct cache_file *f,
+			      char trash[CACHE_TRASH_NAME_MAX])
 {
 	struct cache_name *n = f->names;
 
@@ -591,7 +449,7 @@ static bool file_detach_locked(struct cache *c, struct cache_file *f, char trash
 		name_release_locked(c, n);
 		n = next;
 	}
-	snprintf(trash, TRASH_NAME_MAX, "%s.%llu.dead", f->hex,
+	snprintf(trash, CACHE_TRASH_NAME_MAX, "%s.%llu.dead", f->hex,
 		 (unsigned long long)++c->trash_seq);
 	if (renameat(c->dir_fd, f->hex, c->dir_fd, trash) < 0) {
 		if (errno != ENOENT)
@@ -602,12 +460,12 @@ static bool file_detach_locked(struct cache *c, struct cache_file *f, char trash
 	if (f->refs)
 		return false;
 	pthread_mutex_lock(&f->lock);
-	c->used = sub_clamp(c->used, f->cached_bytes);
+	c->used = cache_sub_clamp(c->used, f->cached_bytes);
 	pthread_mutex_unlock(&f->lock);
 	return true;
 }
 
-static void trash_unlink(struct cache *c, const char *trash)
+void cache_trash_unlink(struct cache *c, const char *trash)
 {
 	if (trash[0] && unlinkat(c->dir_fd, trash, 0) < 0 && errno != ENOENT)
 		log_msg(LOG_ERR, "cache: unlink %s/%s: %s", c->dir, trash, strerror(errno));
@@ -628,20 +486,19 @@ static void name_unlink_file(struct cache_name *n)
 	n->file = NULL;
 }
 
-static bool all_present(const struct cache_file *f)
+bool cache_all_present(const struct cache_file *f)
 {
 	for (size_t i = 0; i < f->nchunks; i++) {
-		if (!bit_get(f->present, i))
+		if (!cache_bit_get(f->present, i))
 			return false;
 	}
 	return true;
 }
 
-/* Copies what the rows of @f record. c->lock and f->lock held. */
-static int snap_take(const struct cache_file *f, bool with_chunks, struct snap *s)
+int cache_snap_take(const struct cache_file *f, bool with_chunks, struct cache_snap *s)
 {
 	memset(s, 0, sizeof(*s));
-	s->present_len = bitmap_len(f->nchunks);
+	s->present_len = cache_bitmap_len(f->nchunks);
 	s->present = malloc(s->present_len + 1);
 	if (!s->present)
 		return -ENOMEM;
@@ -662,7 +519,7 @@ static int snap_take(const struct cache_file *f, bool with_chunks, struct snap *
 	return 0;
 }
 
-static void snap_free(struct snap *s)
+void cache_snap_free(struct cache_snap *s)
 {
 	free(s->present);
 	free(s->chunks);
@@ -670,10 +527,8 @@ static void snap_free(struct snap *s)
 	s->chunks = NULL;
 }
 
-/* Writes @s's bitmap, bytes and synced_at to every row of @f (@error as in
- * catalog_local_set_present). persist_lock held. */
-static int persist_present(struct cache *c, struct cache_file *f, const struct snap *s,
-			   const char *error)
+int cache_persist_present(struct cache *c, struct cache_file *f, const struct cache_snap *s,
+			  const char *error)
 {
 	int ret;
 
@@ -694,8 +549,8 @@ int cache_file_get(struct cache *c, const char *category, const char *path,
 {
 	struct cache_name *n, *fresh_name = NULL;
 	struct cache_file *f = NULL, *fresh_file = NULL, *old = NULL;
-	char trash[TRASH_NAME_MAX] = "";
-	struct snap s = { 0 };
+	char trash[CACHE_TRASH_NAME_MAX] = "";
+	struct cache_snap s = { 0 };
 	bool own_old = false, plocked = false, locked = false, got = false;
 	int ret = -EINVAL;
 
@@ -707,15 +562,15 @@ int cache_file_get(struct cache *c, const char *category, const char *path,
 	n = names_find(c, category, path, strlen(path));
 	f = n ? n->file : NULL;
 	if (f && hash_equal(&f->hash, hash) && f->size == size) {
-		ret = file_ref_locked(c, f);
+		ret = cache_file_ref_locked(c, f);
 		got = ret == 0;
 	}
 	pthread_mutex_unlock(&c->lock);
 	if (got)
 		goto out;
 	ret = -ENOMEM;
-	fresh_name = name_new(category, path);
-	fresh_file = file_new(c, hash, size);
+	fresh_name = cache_name_new(category, path);
+	fresh_file = cache_file_new(c, hash, size);
 	if (!fresh_name || !fresh_file)
 		goto out;
 
@@ -724,7 +579,7 @@ int cache_file_get(struct cache *c, const char *category, const char *path,
 	pthread_mutex_lock(&c->lock);
 	locked = true;
 	n = names_find(c, category, path, strlen(path));
-	f = files_find(c, hash);
+	f = cache_files_find(c, hash);
 	if (f && f->size != size) {
 		log_msg(LOG_ERR, "cache: %s/%s: version %s asked with size %llu, cached with %llu",
 			category, path, f->hex, (unsigned long long)size,
@@ -733,12 +588,12 @@ int cache_file_get(struct cache *c, const char *category, const char *path,
 		goto out;
 	}
 	if (f && n && n->file == f) {
-		ret = file_ref_locked(c, f); /* nothing changes on disk or in the catalog */
+		ret = cache_file_ref_locked(c, f); /* nothing changes on disk or in the catalog */
 		got = ret == 0;
 		goto out;
 	}
 	if (!n) {
-		ret = names_insert(c, fresh_name);
+		ret = cache_names_insert(c, fresh_name);
 		if (ret)
 			goto out;
 		n = fresh_name;
@@ -747,7 +602,7 @@ int cache_file_get(struct cache *c, const char *category, const char *path,
 	if (!f) {
 		ret = file_open_fd_locked(c, fresh_file, true);
 		if (ret == 0) {
-			ret = files_insert(c, fresh_file);
+			ret = cache_files_insert(c, fresh_file);
 			if (ret) {
 				close(fresh_file->fd);
 				fresh_file->fd = -1;
@@ -762,9 +617,9 @@ int cache_file_get(struct cache *c, const char *category, const char *path,
 		fresh_file = NULL;
 		f->refs = 1;
 		f->last_access = now_s(); /* recorded with the row below */
-		lru_append(c, f);
+		cache_lru_append(c, f);
 	} else {
-		ret = file_ref_locked(c, f);
+		ret = cache_file_ref_locked(c, f);
 		if (ret) {
 			name_release_locked(c, n);
 			goto out;
@@ -777,14 +632,14 @@ int cache_file_get(struct cache *c, const char *category, const char *path,
 		if (!old->names) {
 			log_msg(LOG_DEBUG, "cache: %s/%s: version %s replaced by %s", category,
 				path, old->hex, f->hex);
-			own_old = file_detach_locked(c, old, trash);
+			own_old = cache_file_detach_locked(c, old, trash);
 		}
 	}
 	n->file = f;
 	n->fnext = f->names;
 	f->names = n;
 	pthread_mutex_lock(&f->lock);
-	ret = snap_take(f, true, &s);
+	ret = cache_snap_take(f, true, &s);
 	pthread_mutex_unlock(&f->lock);
 	pthread_mutex_unlock(&c->lock);
 	locked = false;
@@ -811,9 +666,9 @@ out:
 		pthread_mutex_unlock(&c->lock);
 	if (plocked)
 		pthread_mutex_unlock(&c->persist_lock);
-	trash_unlink(c, trash);
+	cache_trash_unlink(c, trash);
 	if (own_old)
-		file_free(old);
+		cache_file_free(old);
 	if (got && ret) {
 		/* Memory stays as it is (the name holds @f); the catalog then lacks the row, so a
 		 * restart drops the file as unrecorded: nothing is ever trusted that was not. */
@@ -823,9 +678,9 @@ out:
 	} else if (got) {
 		*out = f;
 	}
-	snap_free(&s);
-	name_free(fresh_name);
-	file_free(fresh_file);
+	cache_snap_free(&s);
+	cache_name_free(fresh_name);
+	cache_file_free(fresh_file);
 	return ret;
 }
 
@@ -857,7 +712,7 @@ void cache_file_put(struct cache_file *f)
 		f->fd = -1;
 		if (f->detached) {
 			pthread_mutex_lock(&f->lock);
-			c->used = sub_clamp(c->used, f->cached_bytes);
+			c->used = cache_sub_clamp(c->used, f->cached_bytes);
 			pthread_mutex_unlock(&f->lock);
 			free_it = true;
 		}
@@ -866,7 +721,7 @@ void cache_file_put(struct cache_file *f)
 	if (fd >= 0)
 		close(fd); /* the last close of a detached version frees its blocks: no lock held */
 	if (free_it)
-		file_free(f);
+		cache_file_free(f);
 }
 
 const struct hash128 *cache_file_hash(const struct cache_file *f)
@@ -889,16 +744,11 @@ int cache_file_fd(const struct cache_file *f)
 	return f->fd;
 }
 
-/*
- * Stores @chunks as the version's chunk list. A different list already known for a complete
- * copy is refused (-EINVAL: the copy was verified whole) unless @force, which cache_check uses
- * after it verified the content itself.
- */
-static int set_chunks(struct cache_file *f, const struct hash128 *chunks, size_t n, bool force)
+int cache_store_chunks(struct cache_file *f, const struct hash128 *chunks, size_t n, bool force)
 {
 	struct cache *c;
 	struct hash128 *copy = NULL;
-	struct snap s = { 0 };
+	struct cache_snap s = { 0 };
 	bool changed = false, cleared = false;
 	int ret = -EINVAL;
 
@@ -927,8 +777,8 @@ static int set_chunks(struct cache_file *f, const struct hash128 *chunks, size_t
 			/* Present bits were checked against the old list; one list is wrong. */
 			log_msg(LOG_WARNING, "cache: %s: chunk hashes changed, chunks dropped",
 				f->hex);
-			memset(f->present, 0, bitmap_len(f->nchunks));
-			c->used = sub_clamp(c->used, f->cached_bytes);
+			memset(f->present, 0, cache_bitmap_len(f->nchunks));
+			c->used = cache_sub_clamp(c->used, f->cached_bytes);
 			f->cached_bytes = 0;
 			cleared = true;
 		}
@@ -936,7 +786,7 @@ static int set_chunks(struct cache_file *f, const struct hash128 *chunks, size_t
 		f->chunks = copy;
 		copy = NULL;
 		changed = true;
-		if (snap_take(f, false, &s) != 0)
+		if (cache_snap_take(f, false, &s) != 0)
 			cleared = false; /* the bits then stay recorded; finish still checks */
 	}
 	pthread_mutex_unlock(&f->lock);
@@ -945,18 +795,18 @@ static int set_chunks(struct cache_file *f, const struct hash128 *chunks, size_t
 		/* f->detached only changes with persist_lock held: stable here. */
 		ret = catalog_local_set_chunks(c->cat, &f->hash, chunks, n);
 		if (ret == 0 && cleared)
-			ret = persist_present(c, f, &s, NULL);
+			ret = cache_persist_present(c, f, &s, NULL);
 	}
 	pthread_mutex_unlock(&c->persist_lock);
 out:
-	snap_free(&s);
+	cache_snap_free(&s);
 	free(copy);
 	return ret;
 }
 
 int cache_file_set_chunks(struct cache_file *f, const struct hash128 *chunks, size_t n)
 {
-	return set_chunks(f, chunks, n, false);
+	return cache_store_chunks(f, chunks, n, false);
 }
 
 int cache_file_chunk_hash(struct cache_file *f, size_t idx, struct hash128 *out)
@@ -984,7 +834,7 @@ bool cache_file_chunk_present(struct cache_file *f, size_t idx)
 	if (!f || idx >= f->nchunks)
 		return false;
 	pthread_mutex_lock(&f->lock);
-	present = bit_get(f->present, idx);
+	present = cache_bit_get(f->present, idx);
 	pthread_mutex_unlock(&f->lock);
 	return present;
 }
@@ -1001,7 +851,7 @@ bool cache_file_range_present(struct cache_file *f, uint64_t off, uint64_t len)
 	end = len > f->size - off ? f->size : off + len;
 	pthread_mutex_lock(&f->lock);
 	for (uint64_t i = off / HASH_CHUNK_SIZE; i <= (end - 1) / HASH_CHUNK_SIZE; i++) {
-		if (!bit_get(f->present, (size_t)i)) {
+		if (!cache_bit_get(f->present, (size_t)i)) {
 			present = false;
 			break;
 		}
@@ -1014,7 +864,7 @@ int cache_file_write_chunk(struct cache_file *f, size_t idx, const void *buf, si
 {
 	int ret;
 
-	if (!f || idx >= f->nchunks || len != chunk_len(f, idx) || (!buf && len))
+	if (!f || idx >= f->nchunks || len != cache_chunk_len(f, idx) || (!buf && len))
 		return -EINVAL;
 	ret = pwrite_all(f->fd, buf, len, (uint64_t)idx * HASH_CHUNK_SIZE);
 	if (ret) {
@@ -1027,32 +877,32 @@ int cache_file_write_chunk(struct cache_file *f, size_t idx, const void *buf, si
 int cache_file_commit_chunk(struct cache_file *f, size_t idx, size_t len)
 {
 	struct cache *c;
-	struct snap s = { 0 };
+	struct cache_snap s = { 0 };
 	int ret = -EINVAL;
 
-	if (!f || idx >= f->nchunks || len != chunk_len(f, idx))
+	if (!f || idx >= f->nchunks || len != cache_chunk_len(f, idx))
 		goto out;
 	c = f->c;
 	pthread_mutex_lock(&c->persist_lock);
 	pthread_mutex_lock(&c->lock);
 	pthread_mutex_lock(&f->lock);
-	if (!bit_get(f->present, idx)) {
-		bit_set(f->present, idx);
+	if (!cache_bit_get(f->present, idx)) {
+		cache_bit_set(f->present, idx);
 		f->cached_bytes += len;
 		c->used += len;
 	}
-	c->reserved = sub_clamp(c->reserved, len);
-	ret = snap_take(f, false, &s);
+	c->reserved = cache_sub_clamp(c->reserved, len);
+	ret = cache_snap_take(f, false, &s);
 	pthread_mutex_unlock(&f->lock);
 	pthread_mutex_unlock(&c->lock);
 	/* A chunk that is on disk but not recorded is only fetched again after a restart, so a
 	 * failure to record it is logged, not returned: the data is good and usable now. */
 	if (ret == 0)
-		persist_present(c, f, &s, NULL);
+		cache_persist_present(c, f, &s, NULL);
 	ret = 0;
 	pthread_mutex_unlock(&c->persist_lock);
 out:
-	snap_free(&s);
+	cache_snap_free(&s);
 	return ret;
 }
 
@@ -1060,7 +910,7 @@ int cache_file_finish(struct cache_file *f)
 {
 	struct cache *c;
 	struct hash128 whole;
-	struct snap s = { 0 };
+	struct cache_snap s = { 0 };
 	char msg[160], want_s[HASH_STR_LEN], got_s[HASH_STR_LEN];
 	uint64_t size = 0;
 	bool complete, ready, ok;
@@ -1071,7 +921,7 @@ int cache_file_finish(struct cache_file *f)
 	c = f->c;
 	pthread_mutex_lock(&f->lock);
 	complete = f->complete;
-	ready = all_present(f);
+	ready = cache_all_present(f);
 	pthread_mutex_unlock(&f->lock);
 	if (complete) {
 		ret = 0;
@@ -1102,7 +952,7 @@ int cache_file_finish(struct cache_file *f)
 	pthread_mutex_lock(&c->persist_lock);
 	pthread_mutex_lock(&c->lock);
 	pthread_mutex_lock(&f->lock);
-	if (ok && !all_present(f)) {
+	if (ok && !cache_all_present(f)) {
 		ret = -EAGAIN; /* a check dropped a chunk meanwhile */
 	} else if (ok) {
 		f->complete = true;
@@ -1112,8 +962,8 @@ int cache_file_finish(struct cache_file *f)
 			n->last_error = NULL;
 		}
 	} else {
-		memset(f->present, 0, bitmap_len(f->nchunks));
-		c->used = sub_clamp(c->used, f->cached_bytes);
+		memset(f->present, 0, cache_bitmap_len(f->nchunks));
+		c->used = cache_sub_clamp(c->used, f->cached_bytes);
 		f->cached_bytes = 0;
 		for (struct cache_name *n = f->names; n; n = n->fnext) {
 			free(n->last_error);
@@ -1121,17 +971,17 @@ int cache_file_finish(struct cache_file *f)
 		}
 		ret = -EBADMSG;
 	}
-	if (ret != -EAGAIN && snap_take(f, false, &s) != 0)
+	if (ret != -EAGAIN && cache_snap_take(f, false, &s) != 0)
 		s.detached = true; /* out of memory: nothing recorded, memory is still right */
 	pthread_mutex_unlock(&f->lock);
 	pthread_mutex_unlock(&c->lock);
 	if (ret != -EAGAIN && s.present)
-		persist_present(c, f, &s, ok ? "" : msg);
+		cache_persist_present(c, f, &s, ok ? "" : msg);
 	pthread_mutex_unlock(&c->persist_lock);
 	if (ret == -EBADMSG)
 		log_msg(LOG_WARNING, "cache: %s: %s; every chunk dropped", f->hex, msg);
 out:
-	snap_free(&s);
+	cache_snap_free(&s);
 	return ret;
 }
 
@@ -1171,7 +1021,7 @@ void cache_file_touch(struct cache_file *f)
 	f->access_dirty = true;
 	if (!f->detached) {
 		lru_unlink(c, f);
-		lru_append(c, f);
+		cache_lru_append(c, f);
 	}
 	pthread_mutex_unlock(&c->lock);
 }
@@ -1188,7 +1038,7 @@ void cache_set_error(struct cache *c, const char *category, const char *path, co
 	if (!c || !valid_file_key(category, path))
 		goto out;
 	ret = -ENOMEM;
-	fresh = name_new(category, path);
+	fresh = cache_name_new(category, path);
 	if (set)
 		copy = strdup(msg);
 	if (!fresh || (set && !copy))
@@ -1199,7 +1049,7 @@ void cache_set_error(struct cache *c, const char *category, const char *path, co
 	n = names_find(c, category, path, strlen(path));
 	ret = 0;
 	if (!n && set) {
-		ret = names_insert(c, fresh);
+		ret = cache_names_insert(c, fresh);
 		if (ret == 0) {
 			n = fresh;
 			fresh = NULL;
@@ -1220,7 +1070,7 @@ out:
 		log_msg(LOG_WARNING, "cache: %s/%s: last error not recorded: %s",
 			category ? category : "?", path ? path : "?", strerror(-ret));
 	free(copy);
-	name_free(fresh);
+	cache_name_free(fresh);
 }
 
 int cache_lookup(struct cache *c, const char *category, const char *path, struct cache_info *info)
@@ -1260,10 +1110,10 @@ int cache_set_pin(struct cache *c, const char *category, const char *path, bool 
 	struct cache_name *n, *fresh = NULL;
 	int ret = -EINVAL;
 
-	if (!c || !valid_pin_key(category, path))
+	if (!c || !cache_valid_pin_key(category, path))
 		goto out;
 	ret = -ENOMEM;
-	fresh = name_new(category, path);
+	fresh = cache_name_new(category, path);
 	if (!fresh)
 		goto out;
 
@@ -1275,7 +1125,7 @@ int cache_set_pin(struct cache *c, const char *category, const char *path, bool 
 	n = names_find(c, category, path, strlen(path));
 	if (pinned && !n) {
 		fresh->pinned = true;
-		ret = names_insert(c, fresh);
+		ret = cache_names_insert(c, fresh);
 		if (ret == 0)
 			fresh = NULL;
 	} else if (n && n->pinned != pinned) {
@@ -1293,7 +1143,7 @@ int cache_set_pin(struct cache *c, const char *category, const char *path, bool 
 unlock:
 	pthread_mutex_unlock(&c->persist_lock);
 out:
-	name_free(fresh);
+	cache_name_free(fresh);
 	return ret;
 }
 
@@ -1402,7 +1252,7 @@ int cache_reserve(struct cache *c, uint64_t bytes)
 		if (evictable_locked(c, f, false, &b))
 			evictable += b;
 	}
-	if (!fits_locked(c, bytes, &d, sub_clamp(c->used, evictable), evictable)) {
+	if (!fits_locked(c, bytes, &d, cache_sub_clamp(c->used, evictable), evictable)) {
 		log_msg(LOG_INFO, "cache: no room for %llu bytes even after evicting %llu",
 			(unsigned long long)bytes, (unsigned long long)evictable);
 		ret = -ENOSPC;
@@ -1410,7 +1260,7 @@ int cache_reserve(struct cache *c, uint64_t bytes)
 	}
 	while (!fits_locked(c, bytes, &d, c->used, freed)) {
 		struct cache_file *v = victim_locked(c);
-		char trash[TRASH_NAME_MAX];
+		char trash[CACHE_TRASH_NAME_MAX];
 
 		if (!v) {
 			ret = -ENOSPC; /* what was evictable got opened or pinned meanwhile */
@@ -1420,15 +1270,15 @@ int cache_reserve(struct cache *c, uint64_t bytes)
 		b = v->cached_bytes;
 		pthread_mutex_unlock(&v->lock);
 		freed += b;
-		if (!file_detach_locked(c, v, trash))
+		if (!cache_file_detach_locked(c, v, trash))
 			continue; /* cannot happen: refs was 0 under the same lock */
 		pthread_mutex_unlock(&c->lock);
 		if (catalog_local_drop(c->cat, &v->hash, NULL, NULL) != 0)
 			log_msg(LOG_WARNING, "cache: %s: evicted but still recorded; dropped at "
 				"the next start", v->hex);
-		trash_unlink(c, trash);
+		cache_trash_unlink(c, trash);
 		log_msg(LOG_INFO, "cache: evicted %s (%llu bytes)", v->hex, (unsigned long long)b);
-		file_free(v);
+		cache_file_free(v);
 		pthread_mutex_lock(&c->lock);
 	}
 	c->reserved += bytes;
@@ -1444,7 +1294,7 @@ void cache_release(struct cache *c, uint64_t bytes)
 	if (!c)
 		return;
 	pthread_mutex_lock(&c->lock);
-	c->reserved = sub_clamp(c->reserved, bytes);
+	c->reserved = cache_sub_clamp(c->reserved, bytes);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -1456,7 +1306,7 @@ int cache_evict(struct cache *c, const char *category, const char *path)
 {
 	struct cache_name *n;
 	struct cache_file *f;
-	char trash[TRASH_NAME_MAX] = "";
+	char trash[CACHE_TRASH_NAME_MAX] = "";
 	bool own = false;
 	int ret = -EINVAL;
 
@@ -1474,7 +1324,7 @@ int cache_evict(struct cache *c, const char *category, const char *path)
 		name_unlink_file(n);
 		name_release_locked(c, n);
 		if (!f->names)
-			own = file_detach_locked(c, f, trash);
+			own = cache_file_detach_locked(c, f, trash);
 		ret = 0;
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -1482,10 +1332,10 @@ int cache_evict(struct cache *c, const char *category, const char *path)
 		log_msg(LOG_WARNING, "cache: %s/%s: evicted but still recorded; dropped at the "
 			"next start", category, path);
 	pthread_mutex_unlock(&c->persist_lock);
-	trash_unlink(c, trash);
+	cache_trash_unlink(c, trash);
 	if (own) {
 		log_msg(LOG_INFO, "cache: %s/%s: evicted %s", category, path, f->hex);
-		file_free(f);
+		cache_file_free(f);
 	}
 out:
 	return ret;
@@ -1501,578 +1351,7 @@ void cache_usage(struct cache *c, uint64_t *used, uint64_t *max)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* ---- verification ---- */
-
-typedef void (*bad_fn)(void *arg, size_t idx, const char *why);
-
-/*
- * Re-reads the chunks set in @want and compares them with @chunks (NULL: unknown, then every
- * chunk in @want is bad). Bad ones are set in @bad and passed to @fn. @buf holds a chunk.
- * Returns how many were bad.
- */
-static size_t verify_chunks(const struct cache_file *f, int fd, const struct hash128 *chunks,
-			    const uint8_t *want, uint8_t *bad, uint8_t *buf, bad_fn fn, void *arg)
-{
-	size_t nbad = 0;
-
-	for (size_t i = 0; i < f->nchunks; i++) {
-		size_t len = (size_t)chunk_len(f, i);
-		char why[96];
-		struct hash128 h;
-		int ret;
-
-		if (!bit_get(want, i))
-			continue;
-		if (!chunks) {
-			snprintf(why, sizeof(why), "no chunk hashes to check it against");
-		} else {
-			ret = pread_all(fd, buf, len, (uint64_t)i * HASH_CHUNK_SIZE);
-			if (ret == 0) {
-				h = hash_buf(buf, len);
-				if (hash_equal(&h, &chunks[i]))
-					continue;
-				snprintf(why, sizeof(why), "hash mismatch");
-			} else {
-				snprintf(why, sizeof(why), "read error: %s", strerror(-ret));
-			}
-		}
-		bit_set(bad, i);
-		nbad++;
-		if (fn)
-			fn(arg, i, why);
-	}
-	return nbad;
-}
-
-/* Marks the chunks in @bad absent (the version is then partial) and records it. */
-static void mark_bad(struct cache *c, struct cache_file *f, const uint8_t *bad)
-{
-	struct snap s = { 0 };
-	int ret;
-
-	pthread_mutex_lock(&c->persist_lock);
-	pthread_mutex_lock(&c->lock);
-	pthread_mutex_lock(&f->lock);
-	for (size_t i = 0; i < f->nchunks; i++) {
-		if (bit_get(bad, i) && bit_get(f->present, i)) {
-			uint64_t len = chunk_len(f, i);
-
-			bit_clear(f->present, i);
-			f->cached_bytes = sub_clamp(f->cached_bytes, len);
-			c->used = sub_clamp(c->used, len);
-			f->complete = false;
-			f->synced_at = 0;
-		}
-	}
-	ret = snap_take(f, false, &s);
-	pthread_mutex_unlock(&f->lock);
-	pthread_mutex_unlock(&c->lock);
-	if (ret == 0)
-		persist_present(c, f, &s, NULL);
-	pthread_mutex_unlock(&c->persist_lock);
-	snap_free(&s);
-}
-
-/* The names of @f, as "category\0path\0" strings in one array (free each, then the array). */
-static char **names_copy_locked(struct cache_file *f, size_t *count)
-{
-	size_t n = 0, i = 0;
-	char **out;
-
-	for (struct cache_name *nm = f->names; nm; nm = nm->fnext)
-		n++;
-	out = calloc(n + 1, sizeof(*out));
-	if (!out)
-		return NULL;
-	for (struct cache_name *nm = f->names; nm; nm = nm->fnext) {
-		size_t lc = strlen(nm->key), lp = strlen(nm->path);
-
-		out[i] = malloc(lc + 1 + lp + 1);
-		if (!out[i])
-			break;
-		memcpy(out[i], nm->key, lc + 1 + lp + 1);
-		i++;
-	}
-	*count = i;
-	return out;
-}
-
-struct check_ctx {
-	void (*report)(void *arg, const char *category, const char *path, const char *what);
-	void *arg;
-	char **names;
-	size_t n_names;
-	const char *hex;
-	size_t nbad;
-};
-
-static void check_say(struct check_ctx *x, const char *what)
-{
-	for (size_t i = 0; i < x->n_names; i++) {
-		const char *category = x->names[i];
-
-		x->report(x->arg, category, category + strlen(category) + 1, what);
-	}
-	if (!x->n_names)
-		log_msg(LOG_WARNING, "cache: check %s: %s", x->hex, what);
-}
-
-static void check_bad_chunk(void *arg, size_t idx, const char *why)
-{
-	struct check_ctx *x = arg;
-	char what[160];
-
-	snprintf(what, sizeof(what), "chunk %zu: %s; marked absent", idx, why);
-	check_say(x, what);
-}
-
-/* Verifies one version (a reference held). */
-static void check_one(struct cache *c, struct cache_file *f, uint8_t *buf, struct check_ctx *x)
-{
-	size_t blen = bitmap_len(f->nchunks);
-	uint8_t *want = calloc(blen + 1, 1), *bad = calloc(blen + 1, 1);
-	struct hash128 *chunks = NULL, *calc = NULL, whole;
-	uint64_t size = 0;
-	size_t ncalc = 0;
-	bool complete;
-	int ret;
-
-	if (!want || !bad)
-		goto out;
-	pthread_mutex_lock(&f->lock);
-	complete = f->complete;
-	memcpy(want, f->present, blen);
-	if (f->chunks) {
-		chunks = malloc(f->nchunks * sizeof(*chunks) + 1);
-		if (chunks)
-			memcpy(chunks, f->chunks, f->nchunks * sizeof(*chunks));
-	}
-	pthread_mutex_unlock(&f->lock);
-
-	if (!complete) {
-		if (verify_chunks(f, f->fd, chunks, want, bad, buf, check_bad_chunk, x))
-			mark_bad(c, f, bad);
-		goto out;
-	}
-	/* A complete copy: one pass gives the whole hash and every chunk's. */
-	ret = hash_fd(f->fd, &whole, &size, &calc, &ncalc);
-	if (ret) {
-		char what[96];
-
-		snprintf(what, sizeof(what), "read error: %s; copy dropped", strerror(-ret));
-		check_say(x, what);
-		memset(bad, 0xff, blen);
-		mark_bad(c, f, bad);
-		goto out;
-	}
-	if (size == f->size && hash_equal(&whole, &f->hash)) {
-		/* The content is right. A stored chunk list that disagrees is what is wrong. */
-		if (ncalc == f->nchunks &&
-		    (!chunks || memcmp(chunks, calc, ncalc * sizeof(*calc)) != 0)) {
-			if (chunks)
-				check_say(x, "stored chunk hashes were wrong; replaced");
-			set_chunks(f, calc, ncalc, true);
-		}
-		goto out;
-	}
-	x->nbad = 0;
-	for (size_t i = 0; chunks && i < f->nchunks && i < ncalc; i++) {
-		if (!hash_equal(&chunks[i], &calc[i])) {
-			bit_set(bad, i);
-			check_bad_chunk(x, i, "hash mismatch");
-			x->nbad++;
-		}
-	}
-	if (!x->nbad) {
-		check_say(x, "whole-file hash mismatch; copy dropped");
-		memset(bad, 0xff, blen);
-	}
-	mark_bad(c, f, bad);
-out:
-	free(calc);
-	free(chunks);
-	free(bad);
-	free(want);
-}
-
-int cache_check(struct cache *c,
-		void (*report)(void *arg, const char *category, const char *path, const char *what),
-		void *arg)
-{
-	struct hash128 *list = NULL;
-	uint8_t *buf = NULL;
-	size_t n = 0, checked = 0;
-	int ret = -EINVAL;
-
-	if (!c || !report)
-		goto out;
-	ret = -ENOMEM;
-	buf = malloc(HASH_CHUNK_SIZE);
-	if (!buf)
-		goto out;
-	pthread_mutex_lock(&c->lock);
-	list = malloc((c->n_files + 1) * sizeof(*list));
-	for (struct cache_file *f = c->lru_head; list && f; f = f->lru_next)
-		list[n++] = f->hash;
-	pthread_mutex_unlock(&c->lock);
-	if (!list)
-		goto out;
-
-	/* One at a time, by hash: what was evicted meanwhile is skipped, and only one extra
-	 * file is open at any moment. The reference keeps it from going while it is read. */
-	for (size_t i = 0; i < n; i++) {
-		struct check_ctx x = { .report = report, .arg = arg };
-		struct cache_file *f;
-
-		pthread_mutex_lock(&c->lock);
-		f = files_find(c, &list[i]);
-		if (f && file_ref_locked(c, f) == 0)
-			x.names = names_copy_locked(f, &x.n_names);
-		else
-			f = NULL;
-		pthread_mutex_unlock(&c->lock);
-		if (!f)
-			continue;
-		x.hex = f->hex;
-		check_one(c, f, buf, &x);
-		for (size_t j = 0; x.names && j < x.n_names; j++)
-			free(x.names[j]);
-		free(x.names);
-		cache_file_put(f);
-		checked++;
-	}
-	ret = (int)(checked > INT32_MAX ? INT32_MAX : checked);
-out:
-	free(list);
-	free(buf);
-	return ret;
-}
-
 /* ---- open and close ---- */
-
-struct broken {
-	struct broken *next;
-	char *category;
-	char *path;
-};
-
-struct load_ctx {
-	struct cache *c;
-	struct broken *broken;	/* rows whose copy columns are dropped after the walk */
-};
-
-static int note_broken(struct load_ctx *x, const struct cat_local *l, const char *why)
-{
-	struct broken *b = calloc(1, sizeof(*b));
-
-	log_msg(LOG_WARNING, "cache: %s/%s: %s; record dropped", l->category, l->path, why);
-	if (!b)
-		return -ENOMEM;
-	b->category = strdup(l->category);
-	b->path = strdup(l->path);
-	b->next = x->broken;
-	x->broken = b;
-	return b->category && b->path ? 0 : -ENOMEM;
-}
-
-/* Takes a row's copy into version @f (new, or shared with rows seen before). */
-static void load_copy(struct cache_file *f, const struct cat_local *l, bool first)
-{
-	size_t blen = bitmap_len(f->nchunks);
-
-	for (size_t i = 0; i < blen; i++) {
-		uint8_t b = i < l->present_len ? l->present[i] : 0;
-
-		/* Rows of one version are written together; if they disagree, trust the least. */
-		f->present[i] = first ? b : (uint8_t)(f->present[i] & b);
-	}
-	if (f->nchunks % 8)
-		f->present[blen - 1] &= (uint8_t)((1u << (f->nchunks % 8)) - 1);
-	if (first || !l->synced_at)
-		f->synced_at = l->synced_at;
-	if (l->last_access > f->last_access)
-		f->last_access = l->last_access;
-	if (!f->chunks && l->chunks && l->n_chunks == f->nchunks) {
-		f->chunks = malloc(f->nchunks * sizeof(*f->chunks) + 1);
-		if (f->chunks)
-			memcpy(f->chunks, l->chunks, f->nchunks * sizeof(*f->chunks));
-	}
-}
-
-/* catalog_local_foreach callback (catalog lock held; the cache is not shared yet). */
-static int load_row(void *arg, const struct cat_local *l)
-{
-	struct load_ctx *x = arg;
-	struct cache *c = x->c;
-	struct cache_file *f = NULL;
-	struct cache_name *n;
-	bool first = false;
-	int ret = 0;
-
-	if (!valid_pin_key(l->category, l->path)) {
-		log_msg(LOG_WARNING, "cache: ignoring a record with a bad path '%s/%s'",
-			l->category, l->path);
-		return 0;
-	}
-	n = name_new(l->category, l->path);
-	if (!n)
-		return -ENOMEM;
-	n->pinned = l->pinned;
-	if (l->last_error && *l->last_error) {
-		n->last_error = strdup(l->last_error);
-		if (!n->last_error) {
-			ret = -ENOMEM;
-			goto out;
-		}
-	}
-	if (l->has_version && (!*l->path || l->size > INT64_MAX)) {
-		ret = note_broken(x, l, "malformed copy");
-	} else if (l->has_version) {
-		f = files_find(c, &l->hash);
-		if (f && f->size != l->size) {
-			ret = note_broken(x, l, "size differs from another record of the version");
-			f = NULL;
-		} else if (!f) {
-			f = file_new(c, &l->hash, l->size);
-			if (!f || files_insert(c, f) != 0) {
-				file_free(f);
-				ret = -ENOMEM;
-				goto out;
-			}
-			first = true;
-		}
-		if (f)
-			load_copy(f, l, first);
-		if (ret)
-			goto out;
-	}
-	if (!f && !n->pinned && !n->last_error)
-		goto out; /* records nothing; pruned after the walk */
-	ret = names_insert(c, n);
-	if (ret)
-		goto out;
-	if (f) {
-		n->file = f;
-		n->fnext = f->names;
-		f->names = n;
-	}
-	n = NULL;
-out:
-	name_free(n);
-	return ret;
-}
-
-/* The kernel's boot id ("" when unknown: then every unclean stop is treated as a crash). */
-static void boot_id(char out[64])
-{
-	char *s = NULL;
-
-	out[0] = '\0';
-	if (read_small_file(BOOT_ID_PATH, &s) == 0)
-		snprintf(out, 64, "%s", str_strip(s));
-	free(s);
-}
-
-/* After an unclean stop of another boot: re-reads the present chunks of partial copies. */
-static void verify_partial_copies(struct cache *c)
-{
-	uint8_t *buf = malloc(HASH_CHUNK_SIZE);
-	size_t copies = 0, lost = 0;
-
-	if (!buf) {
-		log_msg(LOG_ERR, "cache: out of memory; partial copies are trusted as they are");
-		return;
-	}
-	for (struct cache_file *f = c->lru_head; f; f = f->lru_next) {
-		size_t blen = bitmap_len(f->nchunks), nbad;
-		uint8_t *bad;
-		int fd;
-
-		if (f->complete || !f->cached_bytes)
-			continue;
-		bad = calloc(blen + 1, 1);
-		fd = openat(c->dir_fd, f->hex, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-		if (!bad || fd < 0) {
-			memset(f->present, 0, blen); /* cannot check: nothing is trusted */
-			f->cached_bytes = 0;
-		} else {
-			nbad = verify_chunks(f, fd, f->chunks, f->present, bad, buf, NULL, NULL);
-			if (nbad) {
-				for (size_t i = 0; i < f->nchunks; i++) {
-					if (bit_get(bad, i)) {
-						bit_clear(f->present, i);
-						f->cached_bytes -= chunk_len(f, i);
-					}
-				}
-				lost += nbad;
-			}
-		}
-		copies++;
-		if (fd >= 0)
-			close(fd);
-		free(bad);
-		{
-			struct snap s;
-
-			if (snap_take(f, false, &s) == 0)
-				persist_present(c, f, &s, NULL);
-			snap_free(&s);
-		}
-	}
-	log_msg(copies ? LOG_WARNING : LOG_INFO,
-		"cache: unclean shutdown of an earlier boot: %zu partial copies re-verified, "
-		"%zu chunks dropped", copies, lost);
-	free(buf);
-}
-
-static int last_access_cmp(const void *a, const void *b)
-{
-	const struct cache_file *fa = *(struct cache_file *const *)a;
-	const struct cache_file *fb = *(struct cache_file *const *)b;
-
-	return (fa->last_access > fb->last_access) - (fa->last_access < fb->last_access);
-}
-
-/* Drops versions whose file is gone or has the wrong size, and files nothing records. */
-static int reconcile_disk(struct cache *c)
-{
-	struct cache_file **all = calloc(c->n_files + 1, sizeof(*all));
-	size_t n = 0;
-	DIR *dir = NULL;
-	struct dirent *de;
-	int dfd, ret = 0;
-
-	if (!all)
-		return -ENOMEM;
-	for (size_t b = 0; b < c->files_cap; b++) {
-		for (struct cache_file *f = c->files[b]; f; f = f->hnext)
-			all[n++] = f;
-	}
-	for (size_t i = 0; i < n; i++) {
-		struct cache_file *f = all[i];
-		char trash[TRASH_NAME_MAX];
-		struct stat st;
-		const char *why = NULL;
-
-		if (fstatat(c->dir_fd, f->hex, &st, AT_SYMLINK_NOFOLLOW) < 0)
-			why = errno == ENOENT ? "cache file missing" : "cache file unreadable";
-		else if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != f->size)
-			why = "cache file has the wrong size";
-		if (!why)
-			continue;
-		for (struct cache_name *nm = f->names; nm; nm = nm->fnext)
-			log_msg(LOG_WARNING, "cache: %s/%s: %s (%s); record dropped", nm->key,
-				nm->path, why, f->hex);
-		file_detach_locked(c, f, trash);
-		trash_unlink(c, trash);
-		if (catalog_local_drop(c->cat, &f->hash, NULL, NULL) != 0)
-			log_msg(LOG_WARNING, "cache: %s: record not dropped", f->hex);
-		file_free(f);
-	}
-	free(all);
-
-	dfd = dup(c->dir_fd);
-	if (dfd < 0 || !(dir = fdopendir(dfd))) {
-		ret = -errno;
-		if (dfd >= 0)
-			close(dfd);
-		log_msg(LOG_ERR, "cache: list %s: %s", c->dir, strerror(-ret));
-		return ret;
-	}
-	rewinddir(dir);
-	while ((de = readdir(dir))) {
-		char text[HASH_STR_LEN + 8];
-		struct hash128 h;
-
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		if (strlen(de->d_name) == HEX_LEN) {
-			memcpy(text, "xxh3-128:", 9);
-			memcpy(text + 9, de->d_name, HEX_LEN + 1);
-			if (hash_parse(text, &h) == 0 && files_find(c, &h))
-				continue;
-		}
-		if (unlinkat(c->dir_fd, de->d_name, 0) < 0)
-			log_msg(LOG_WARNING, "cache: %s/%s is not a cache file and cannot be "
-				"removed: %s", c->dir, de->d_name, strerror(errno));
-		else
-			log_msg(LOG_WARNING, "cache: removed %s/%s, which nothing records",
-				c->dir, de->d_name);
-	}
-	closedir(dir);
-	return ret;
-}
-
-static int load(struct cache *c)
-{
-	struct load_ctx x = { .c = c };
-	struct cache_file **order = NULL;
-	char boot[64], *session = NULL;
-	size_t n = 0;
-	int ret;
-
-	ret = catalog_local_foreach(c->cat, load_row, &x);
-	while (x.broken) {
-		struct broken *b = x.broken;
-
-		x.broken = b->next;
-		if (ret == 0 && b->category && b->path)
-			catalog_local_drop(c->cat, NULL, b->category, b->path);
-		free(b->category);
-		free(b->path);
-		free(b);
-	}
-	if (ret)
-		goto out;
-
-	/* Completion and byte counts follow from the bitmaps. */
-	ret = -ENOMEM;
-	order = calloc(c->n_files + 1, sizeof(*order));
-	if (!order)
-		goto out;
-	for (size_t b = 0; b < c->files_cap; b++) {
-		for (struct cache_file *f = c->files[b]; f; f = f->hnext) {
-			f->cached_bytes = 0;
-			for (size_t i = 0; i < f->nchunks; i++) {
-				if (bit_get(f->present, i))
-					f->cached_bytes += chunk_len(f, i);
-			}
-			f->complete = f->synced_at > 0 && all_present(f);
-			if (!f->complete)
-				f->synced_at = 0;
-			order[n++] = f;
-		}
-	}
-	qsort(order, n, sizeof(*order), last_access_cmp);
-	for (size_t i = 0; i < n; i++)
-		lru_append(c, order[i]);
-
-	ret = reconcile_disk(c);
-	if (ret)
-		goto out;
-
-	/* No marker at all is a new cache; an unreadable one is not trusted. */
-	boot_id(boot);
-	ret = catalog_meta_get(c->cat, SESSION_KEY, &session);
-	if ((ret == 0 && strcmp(session, SESSION_CLEAN) != 0 &&
-	     (!boot[0] || strcmp(session, boot) != 0)) ||
-	    (ret != 0 && ret != -ENOENT))
-		verify_partial_copies(c);
-	ret = catalog_meta_set_durable(c->cat, SESSION_KEY, boot[0] ? boot : "unknown");
-	if (ret)
-		goto out;
-	if (catalog_local_prune(c->cat, NULL, NULL) != 0)
-		log_msg(LOG_WARNING, "cache: empty records not pruned");
-
-	c->used = 0;
-	for (struct cache_file *f = c->lru_head; f; f = f->lru_next)
-		c->used += f->cached_bytes;
-	ret = 0;
-out:
-	free(session);
-	free(order);
-	return ret;
-}
 
 static void cache_free(struct cache *c)
 {
@@ -2084,7 +1363,7 @@ static void cache_free(struct cache *c)
 		while (f) {
 			struct cache_file *next = f->hnext;
 
-			file_free(f);
+			cache_file_free(f);
 			f = next;
 		}
 	}
@@ -2094,7 +1373,7 @@ static void cache_free(struct cache *c)
 		while (n) {
 			struct cache_name *next = n->hnext;
 
-			name_free(n);
+			cache_name_free(n);
 			n = next;
 		}
 	}
@@ -2149,7 +1428,7 @@ int cache_open(const struct mfs_config *cfg, struct catalog *cat, struct cache *
 		log_msg(LOG_ERR, "cache: open %s: %s", c->dir, strerror(-ret));
 		goto out;
 	}
-	ret = load(c);
+	ret = cache_load(c);
 	if (ret)
 		goto out;
 	log_msg(LOG_DEBUG, "cache: %s: %zu versions, %llu bytes", c->dir, c->n_files,
@@ -2175,7 +1454,7 @@ void cache_close(struct cache *c)
 	/* Partial copies written since open are durable now, so the next start need not
 	 * re-read them whatever happens to this kernel. */
 	if (syncfs(c->dir_fd) == 0)
-		catalog_meta_set_durable(c->cat, SESSION_KEY, SESSION_CLEAN);
+		catalog_meta_set_durable(c->cat, CACHE_SESSION_KEY, CACHE_SESSION_CLEAN);
 	else
 		log_msg(LOG_ERR, "cache: syncfs %s: %s", c->dir, strerror(errno));
 	cache_free(c);

@@ -19,14 +19,11 @@
  *   GET  /metrics                 Prometheus text
  * HEAD is answered like GET without the body. A wrong method gets 405, an unknown path 404.
  *
- * MHD normally percent-decodes the URL before we see it, which would turn "..%2f" into "../"
- * and cut a path at "%00". It is given an unescape callback that leaves the URL as sent, and
- * file paths are decoded here one segment at a time (parse_file_url), so an encoded '/' or NUL
- * is refused instead of being reinterpreted. Files are then opened beneath the category
- * directory with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), and only when the catalog
- * lists them as this node's live version and the open file still has the identity the catalog
- * recorded when it was hashed (inode, size, mtime, ctime): otherwise the ETag could lie, and
- * the answer is 503 "version changed" until the indexer has republished it.
+ * MHD normally percent-decodes the URL before we see it; it is given an unescape callback that
+ * leaves the URL as sent instead. The file routes (/v1/chunks, /v1/files: path decoding and
+ * confinement, openat2, ranges, ETags) are in dataserver_files.c, which says why; this file
+ * has the server, dispatch, authentication, the other routes and the responses they share
+ * (dataserver_int.h).
  *
  * The manifest is produced while it is sent: MHD pulls it through a content-reader callback,
  * which copies one page of catalog rows (catalog_changes_page) into the stream's buffer and
@@ -45,10 +42,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
-#include <limits.h>
-#include <linux/openat2.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -58,16 +52,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "sync/cache.h"
 #include "sync/catalog.h"
 #include "sync/config.h"
 #include "sync/daemon.h"
+#include "sync/dataserver_int.h"
 #include "sync/hash.h"
 #include "sync/log.h"
 #include "sync/namespace.h"
@@ -84,7 +77,6 @@
 #define MANIFEST_BLOCK (16 * 1024)	/* what MHD asks the manifest reader for at once */
 #define NOTIFY_MAX_BODY 4096
 #define VERSION_RETRY_AFTER "2"		/* seconds: about one indexer quiet period */
-#define CHUNKS_TRIES 3
 
 enum endpoint {
 	EP_HEALTH,
@@ -137,6 +129,11 @@ struct request {
 	bool body_overflow;	/* more than NOTIFY_MAX_BODY bytes came */
 };
 
+struct daemon *dataserver_daemon(const struct dataserver *s)
+{
+	return s->d;
+}
+
 static void count_add(atomic_uint_fast64_t *c, uint64_t n)
 {
 	atomic_fetch_add_explicit(c, n, memory_order_relaxed);
@@ -169,14 +166,9 @@ static size_t keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
 
 /* ---- responses ---- */
 
-/*
- * Queues @resp with @code (the response is released here in every case) and counts it; the
- * @body_len bytes of its body are counted once they are sent. Returns what MHD_queue_response
- * returns; MHD_NO (the connection is closed) when @resp is NULL.
- */
-static enum MHD_Result queue(struct dataserver *s, struct request *rq,
-			     struct MHD_Connection *conn, unsigned code, struct MHD_Response *resp,
-			     uint64_t body_len)
+enum MHD_Result dataserver_queue(struct dataserver *s, struct request *rq,
+				 struct MHD_Connection *conn, unsigned code,
+				 struct MHD_Response *resp, uint64_t body_len)
 {
 	enum MHD_Result ret;
 
@@ -195,7 +187,7 @@ static enum MHD_Result queue(struct dataserver *s, struct request *rq,
 	return ret;
 }
 
-static bool add_header(struct MHD_Response *resp, const char *name, const char *value)
+bool dataserver_add_header(struct MHD_Response *resp, const char *name, const char *value)
 {
 	return !name || MHD_add_response_header(resp, name, value) == MHD_YES;
 }
@@ -215,19 +207,18 @@ static enum MHD_Result respond_text(struct dataserver *s, struct request *rq,
 		free(text);
 		return MHD_NO;
 	}
-	if (!add_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype) ||
-	    !add_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") ||
-	    !add_header(resp, hname, hval)) {
+	if (!dataserver_add_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype) ||
+	    !dataserver_add_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") ||
+	    !dataserver_add_header(resp, hname, hval)) {
 		MHD_destroy_response(resp);
 		return MHD_NO;
 	}
-	return queue(s, rq, conn, code, resp, len);
+	return dataserver_queue(s, rq, conn, code, resp, len);
 }
 
-/* Queues @body (borrowed) as one line of JSON with @code, plus one optional header. */
-static enum MHD_Result respond_json(struct dataserver *s, struct request *rq,
-				    struct MHD_Connection *conn, unsigned code, json_t *body,
-				    const char *hname, const char *hval)
+enum MHD_Result dataserver_respond_json(struct dataserver *s, struct request *rq,
+					struct MHD_Connection *conn, unsigned code, json_t *body,
+					const char *hname, const char *hval)
 {
 	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	char *line;
@@ -246,42 +237,43 @@ static enum MHD_Result respond_json(struct dataserver *s, struct request *rq,
 	return respond_text(s, rq, conn, code, "application/json", line, len, hname, hval);
 }
 
-static enum MHD_Result respond_error(struct dataserver *s, struct request *rq,
-				     struct MHD_Connection *conn, unsigned code, const char *msg,
-				     const char *hname, const char *hval)
+enum MHD_Result dataserver_respond_error(struct dataserver *s, struct request *rq,
+					 struct MHD_Connection *conn, unsigned code,
+					 const char *msg, const char *hname, const char *hval)
 {
 	json_t *body = json_pack("{s:s}", "error", msg);
-	enum MHD_Result ret = respond_json(s, rq, conn, code, body, hname, hval);
+	enum MHD_Result ret = dataserver_respond_json(s, rq, conn, code, body, hname, hval);
 
 	json_decref(body);
 	return ret;
 }
 
-/* The answer to a failed lookup or open: @err is -errno. */
-static enum MHD_Result respond_errno(struct dataserver *s, struct request *rq,
-				     struct MHD_Connection *conn, int err)
+enum MHD_Result dataserver_respond_errno(struct dataserver *s, struct request *rq,
+					 struct MHD_Connection *conn, int err)
 {
 	switch (err) {
 	case -EINVAL:
-		return respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST, "bad path", NULL, NULL);
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST, "bad path", NULL,
+						NULL);
 	case -ENOENT:
 	case -ENOTDIR:
 	case -ELOOP:
 	case -EXDEV:
 	case -EISDIR:
-		return respond_error(s, rq, conn, MHD_HTTP_NOT_FOUND, "not found", NULL, NULL);
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_NOT_FOUND, "not found", NULL,
+						NULL);
 	case -ESTALE:
-		return respond_error(s, rq, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-				     "version changed, retry", MHD_HTTP_HEADER_RETRY_AFTER,
-				     VERSION_RETRY_AFTER);
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+						"version changed, retry",
+						MHD_HTTP_HEADER_RETRY_AFTER, VERSION_RETRY_AFTER);
 	case -EMFILE:
 	case -ENFILE:
 	case -EBUSY:
-		return respond_error(s, rq, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy, retry",
-				     MHD_HTTP_HEADER_RETRY_AFTER, "1");
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+						"busy, retry", MHD_HTTP_HEADER_RETRY_AFTER, "1");
 	default:
-		return respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, strerror(-err),
-				     NULL, NULL);
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+						strerror(-err), NULL, NULL);
 	}
 }
 
@@ -311,333 +303,6 @@ static bool authorized(struct dataserver *s, struct MHD_Connection *conn)
 	return auth && ct_equal(auth, s->expected_auth, s->expected_len);
 }
 
-/* ---- versions: ETag, If-Match ---- */
-
-/* The ETag of @h: the hash's text form in double quotes. */
-static void format_etag(const struct hash128 *h, char out[HASH_STR_LEN + 2])
-{
-	char text[HASH_STR_LEN];
-
-	hash_format(h, text);
-	snprintf(out, HASH_STR_LEN + 2, "\"%s\"", text);
-}
-
-/*
- * True when the request has no If-Match, or its If-Match is "*" or lists @etag. The
- * comparison is strong: a weak tag (W/"...") never matches.
- */
-static bool if_match_ok(struct MHD_Connection *conn, const char *etag)
-{
-	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-						    MHD_HTTP_HEADER_IF_MATCH);
-	size_t elen = strlen(etag);
-
-	if (!h)
-		return true;
-	while (*h) {
-		const char *end;
-
-		while (*h == ' ' || *h == '\t' || *h == ',')
-			h++;
-		end = h;
-		while (*end && *end != ',')
-			end++;
-		while (end > h && (end[-1] == ' ' || end[-1] == '\t'))
-			end--;
-		if ((end - h == 1 && *h == '*') ||
-		    ((size_t)(end - h) == elen && memcmp(h, etag, elen) == 0))
-			return true;
-		h = end;
-		while (*h && *h != ',')
-			h++;
-	}
-	return false;
-}
-
-/* ---- paths ---- */
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/*
- * Decodes @raw, the still percent-encoded "<category>/<path>" part of a chunks or files URL,
- * one '/'-separated segment at a time. Returns 0 with the category's index in *cat_idx and
- * the decoded path below it in *path (a new string); -EINVAL (400) for a malformed escape, an
- * empty, "." or ".." segment, a NUL, control character or '/' inside a segment, or a path
- * longer than PATH_MAX; -ENOENT (404) for an unknown category or nothing below it.
- */
-static int parse_file_url(const struct mfs_config *cfg, const char *raw, size_t *cat_idx,
-			  char **path)
-{
-	char *buf = malloc(strlen(raw) + 1), *o, *slash;
-	const char *p = raw;
-	int ret = -EINVAL, idx;
-
-	if (!buf)
-		return -ENOMEM;
-	o = buf;
-	for (;;) {
-		const char *seg = o;
-		size_t len;
-
-		while (*p && *p != '/') {
-			unsigned char c = (unsigned char)*p;
-
-			if (c == '%') {
-				int hi = hexval(p[1]), lo = hi < 0 ? -1 : hexval(p[2]);
-
-				if (lo < 0)
-					goto out;
-				c = (unsigned char)(hi << 4 | lo);
-				p += 3;
-			} else {
-				p++;
-			}
-			if (c < 0x20 || c == 0x7f || c == '/')
-				goto out;
-			*o++ = (char)c;
-		}
-		len = (size_t)(o - seg);
-		if (len == 0 || (len == 1 && seg[0] == '.') ||
-		    (len == 2 && seg[0] == '.' && seg[1] == '.'))
-			goto out;
-		if (!*p)
-			break;
-		*o++ = '/';
-		p++;
-	}
-	*o = '\0';
-	if (o - buf >= PATH_MAX)
-		goto out;
-	ret = -ENOENT;
-	slash = strchr(buf, '/');
-	if (!slash)
-		goto out;
-	*slash = '\0';
-	idx = config_category_index(cfg, buf);
-	if (idx < 0)
-		goto out;
-	ret = -EINVAL;
-	if (!path_is_clean_relative(slash + 1))
-		goto out;
-	ret = -ENOMEM;
-	*path = strdup(slash + 1);
-	if (!*path)
-		goto out;
-	*cat_idx = (size_t)idx;
-	ret = 0;
-out:
-	free(buf);
-	return ret;
-}
-
-/* What the routes need of one catalog entry. */
-struct entry_copy {
-	bool deleted;
-	int64_t seq;
-	uint64_t size;
-	int64_t mtime_ns;
-	struct hash128 hash;
-	uint64_t ino;
-	int64_t ctime_ns;
-};
-
-static void copy_entry(void *arg, const struct cat_entry *e)
-{
-	struct entry_copy *c = arg;
-
-	c->deleted = e->deleted;
-	c->seq = e->seq;
-	c->size = e->size;
-	c->mtime_ns = e->mtime_ns;
-	c->hash = e->hash;
-	c->ino = e->ino;
-	c->ctime_ns = e->ctime_ns;
-}
-
-/* This node's live entry (category @cat_idx, @path): 0, -ENOENT (none or deleted), -errno. */
-static int own_entry(struct dataserver *s, size_t cat_idx, const char *path,
-		     struct entry_copy *out)
-{
-	const struct mfs_config *cfg = s->d->cfg;
-	int ret;
-
-	memset(out, 0, sizeof(*out));
-	ret = catalog_get(s->d->catalog, cfg->node, cfg->categories[cat_idx].name, path,
-			  copy_entry, out);
-	if (ret == 0 && out->deleted)
-		ret = -ENOENT;
-	return ret;
-}
-
-static int64_t ts_ns(const struct timespec *ts)
-{
-	return (int64_t)ts->tv_sec * 1000000000LL + ts->tv_nsec;
-}
-
-/*
- * Opens the version @e of @rel beneath category @cat_idx's directory, never through a symlink
- * and never outside the directory. Returns 0 and a blocking read-only fd in *fd; -ENOENT,
- * -ELOOP (a symlink on the way), -EXDEV (an escape) and the like when it cannot be opened;
- * -ESTALE when what is there now is not the version the catalog describes (not a regular
- * file, or another inode, size, mtime or ctime than when it was hashed).
- */
-static int open_version(struct dataserver *s, size_t cat_idx, const char *rel,
-			const struct entry_copy *e, int *fd_out)
-{
-	struct open_how how = {
-		/* O_NONBLOCK: a FIFO put in the file's place must not hang the thread. */
-		.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
-		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-	};
-	const char *dir = ns_category_dir(s->d->ns, cat_idx);
-	struct stat st;
-	int dfd = -1, fd = -1, flags, ret;
-
-	if (!dir)
-		return -ENOENT;
-	dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0) {
-		ret = -errno;
-		goto out;
-	}
-	fd = (int)syscall(SYS_openat2, dfd, rel, &how, sizeof(how));
-	if (fd < 0) {
-		ret = -errno;
-		if (ret == -ELOOP || ret == -EXDEV)
-			log_msg(LOG_INFO, "data server: refused %s/%s: %s",
-				s->d->cfg->categories[cat_idx].name, rel,
-				ret == -ELOOP ? "a symlink on the way" : "leads outside");
-		else if (ret == -ENOSYS)
-			log_msg(LOG_ERR, "data server: this kernel has no openat2 (Linux >= 5.6 "
-				"needed); files cannot be served");
-		goto out;
-	}
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != e->size ||
-	    ts_ns(&st.st_mtim) != e->mtime_ns || (e->ino && (uint64_t)st.st_ino != e->ino) ||
-	    (e->ctime_ns && ts_ns(&st.st_ctim) != e->ctime_ns)) {
-		ret = -ESTALE;
-		goto out;
-	}
-	flags = fcntl(fd, F_GETFL);
-	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	*fd_out = fd;
-	fd = -1;
-	ret = 0;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (dfd >= 0)
-		close(dfd);
-	return ret;
-}
-
-/* ---- ranges ---- */
-
-enum range_kind {
-	RANGE_WHOLE,		/* no (usable) Range: the whole content, 200 */
-	RANGE_PART,		/* one satisfiable range, 206 */
-	RANGE_UNSATISFIABLE,	/* 416 */
-};
-
-/* Reads decimal digits at *p, saturating at UINT64_MAX. False if there are none. */
-static bool parse_u64(const char **p, uint64_t *v)
-{
-	const char *q = *p;
-	uint64_t n = 0;
-
-	if (*q < '0' || *q > '9')
-		return false;
-	for (; *q >= '0' && *q <= '9'; q++) {
-		unsigned d = (unsigned)(*q - '0');
-
-		n = n > (UINT64_MAX - d) / 10 ? UINT64_MAX : n * 10 + d;
-	}
-	*p = q;
-	*v = n;
-	return true;
-}
-
-/*
- * Interprets a Range header value for content of @size bytes: "bytes=A-B", "bytes=A-" or
- * "bytes=-N" give [*first, *first + *len). A header that is not one well-formed byte range
- * (another unit, several ranges, B < A) is ignored, as RFC 9110 allows: the whole content.
- */
-static enum range_kind parse_range(const char *h, uint64_t size, uint64_t *first, uint64_t *len)
-{
-	const char *p = h;
-	uint64_t a = 0, b = UINT64_MAX;
-	bool suffix;
-
-	*first = 0;
-	*len = size;
-	if (strncasecmp(p, "bytes=", 6) != 0)
-		return RANGE_WHOLE;
-	p += 6;
-	while (*p == ' ' || *p == '\t')
-		p++;
-	suffix = *p == '-';
-	if (suffix) {
-		p++;
-		if (!parse_u64(&p, &b))
-			return RANGE_WHOLE;
-	} else {
-		if (!parse_u64(&p, &a) || *p++ != '-')
-			return RANGE_WHOLE;
-		if (*p >= '0' && *p <= '9' && !parse_u64(&p, &b))
-			return RANGE_WHOLE;
-	}
-	while (*p == ' ' || *p == '\t')
-		p++;
-	if (*p)
-		return RANGE_WHOLE;
-	if (suffix) {
-		if (b == 0 || size == 0)
-			return RANGE_UNSATISFIABLE;
-		*first = b >= size ? 0 : size - b;
-		*len = size - *first;
-		return RANGE_PART;
-	}
-	if (b < a)
-		return RANGE_WHOLE;
-	if (a >= size)
-		return RANGE_UNSATISFIABLE;
-	*first = a;
-	*len = (b >= size - 1 ? size - 1 : b) - a + 1;
-	return RANGE_PART;
-}
-
-/* The range to send: from Range, unless an If-Range names another version than @etag. */
-static enum range_kind pick_range(struct MHD_Connection *conn, const char *etag, uint64_t size,
-				  uint64_t *first, uint64_t *len)
-{
-	const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-							MHD_HTTP_HEADER_RANGE);
-	const char *if_range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-							   MHD_HTTP_HEADER_IF_RANGE);
-
-	*first = 0;
-	*len = size;
-	if (!range || (if_range && strcmp(if_range, etag) != 0))
-		return RANGE_WHOLE;
-	return parse_range(range, size, first, len);
-}
-
 /* ---- GET /v1/health ---- */
 
 static enum MHD_Result route_health(struct dataserver *s, struct request *rq,
@@ -647,10 +312,10 @@ static enum MHD_Result route_health(struct dataserver *s, struct request *rq,
 	enum MHD_Result ret;
 
 	if (health)
-		ret = respond_json(s, rq, conn, MHD_HTTP_OK, health, NULL, NULL);
+		ret = dataserver_respond_json(s, rq, conn, MHD_HTTP_OK, health, NULL, NULL);
 	else
-		ret = respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
-				    "cannot build the health report", NULL, NULL);
+		ret = dataserver_respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
+					       "cannot build the health report", NULL, NULL);
 	json_decref(health);
 	return ret;
 }
@@ -848,11 +513,11 @@ static enum MHD_Result route_manifest(struct dataserver *s, struct request *rq,
 	int ret;
 
 	if (arg && parse_seq(arg, &since) < 0)
-		return respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST,
-				     "since must be a non-negative integer", NULL, NULL);
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST,
+						"since must be a non-negative integer", NULL, NULL);
 	ret = catalog_max_seq(s->d->catalog, s->d->cfg->node, &head);
 	if (ret < 0)
-		return respond_errno(s, rq, conn, ret);
+		return dataserver_respond_errno(s, rq, conn, ret);
 	ms = calloc(1, sizeof(*ms));
 	if (!ms)
 		return MHD_NO;
@@ -866,176 +531,13 @@ static enum MHD_Result route_manifest(struct dataserver *s, struct request *rq,
 		manifest_free(ms);
 		return MHD_NO;
 	}
-	if (!add_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-ndjson") ||
-	    !add_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store")) {
+	if (!dataserver_add_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-ndjson") ||
+	    !dataserver_add_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store")) {
 		MHD_destroy_response(resp);
 		return MHD_NO;
 	}
 	rq->streamed = true;
-	return queue(s, rq, conn, MHD_HTTP_OK, resp, 0);
-}
-
-/* ---- GET /v1/chunks/<category>/<path> ---- */
-
-/*
- * The entry and its chunk list come from two catalog calls; the entry is read again after the
- * chunks, and the pair is used only when its seq did not move in between (a new version
- * always takes a new seq), so the hashes always belong to the version the ETag names.
- */
-static int get_chunks(struct dataserver *s, size_t cat_idx, const char *path,
-		      struct entry_copy *e, struct hash128 **chunks, size_t *n)
-{
-	const char *category = s->d->cfg->categories[cat_idx].name;
-	struct entry_copy again;
-	int ret = -ESTALE;
-
-	for (int i = 0; i < CHUNKS_TRIES; i++) {
-		ret = own_entry(s, cat_idx, path, e);
-		if (ret < 0)
-			break;
-		ret = catalog_get_chunks(s->d->catalog, s->d->cfg->node, category, path, chunks,
-					 n);
-		if (ret < 0)
-			continue;	/* deleted meanwhile: the next look says so */
-		ret = own_entry(s, cat_idx, path, &again);
-		if (ret == 0 && again.seq == e->seq)
-			break;
-		free(*chunks);
-		*chunks = NULL;
-		ret = ret < 0 ? ret : -ESTALE;
-	}
-	return ret;
-}
-
-static enum MHD_Result route_chunks(struct dataserver *s, struct request *rq,
-				    struct MHD_Connection *conn, const char *raw)
-{
-	const struct mfs_config *cfg = s->d->cfg;
-	struct hash128 *chunks = NULL;
-	struct entry_copy e;
-	char etag[HASH_STR_LEN + 2], hash[HASH_STR_LEN], *path = NULL;
-	json_t *body = NULL, *list;
-	enum MHD_Result ret;
-	size_t cat_idx = 0, n = 0;
-	int err;
-
-	err = parse_file_url(cfg, raw, &cat_idx, &path);
-	if (err == 0)
-		err = get_chunks(s, cat_idx, path, &e, &chunks, &n);
-	if (err < 0) {
-		ret = respond_errno(s, rq, conn, err);
-		goto out;
-	}
-	format_etag(&e.hash, etag);
-	if (!if_match_ok(conn, etag)) {
-		ret = respond_error(s, rq, conn, MHD_HTTP_PRECONDITION_FAILED,
-				    "the path holds another version", MHD_HTTP_HEADER_ETAG, etag);
-		goto out;
-	}
-	if (n != (e.size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE) {
-		log_msg(LOG_ERR, "data server: %s/%s: the catalog has %zu chunk hashes for %llu "
-			"bytes", cfg->categories[cat_idx].name, path, n,
-			(unsigned long long)e.size);
-		ret = respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
-				    "inconsistent chunk list", NULL, NULL);
-		goto out;
-	}
-	hash_format(&e.hash, hash);
-	list = json_array();
-	body = json_pack("{s:s,s:s,s:I,s:I,s:s,s:I,s:o}", "category",
-			 cfg->categories[cat_idx].name, "path", path, "size", (json_int_t)e.size,
-			 "mtime_ns", (json_int_t)e.mtime_ns, "hash", hash, "chunk_size",
-			 (json_int_t)HASH_CHUNK_SIZE, "chunks", list);
-	for (size_t i = 0; body && i < n; i++) {
-		hash_format(&chunks[i], hash);
-		if (json_array_append_new(list, json_string(hash)) < 0) {
-			json_decref(body);
-			body = NULL;
-		}
-	}
-	if (!body) {
-		/* A path that is not UTF-8 cannot be written as JSON. */
-		ret = respond_error(s, rq, conn, MHD_HTTP_INTERNAL_SERVER_ERROR,
-				    "cannot encode the chunk list", NULL, NULL);
-		goto out;
-	}
-	ret = respond_json(s, rq, conn, MHD_HTTP_OK, body, MHD_HTTP_HEADER_ETAG, etag);
-out:
-	json_decref(body);
-	free(chunks);
-	free(path);
-	return ret;
-}
-
-/* ---- GET /v1/files/<category>/<path> ---- */
-
-static enum MHD_Result route_files(struct dataserver *s, struct request *rq,
-				   struct MHD_Connection *conn, const char *raw)
-{
-	struct MHD_Response *resp = NULL;
-	struct entry_copy e;
-	char etag[HASH_STR_LEN + 2], crange[80], *path = NULL;
-	enum range_kind kind;
-	enum MHD_Result ret;
-	uint64_t first = 0, len = 0;
-	size_t cat_idx = 0;
-	int err, fd = -1;
-
-	err = parse_file_url(s->d->cfg, raw, &cat_idx, &path);
-	if (err == 0)
-		err = own_entry(s, cat_idx, path, &e);
-	if (err < 0) {
-		ret = respond_errno(s, rq, conn, err);
-		goto out;
-	}
-	format_etag(&e.hash, etag);
-	if (!if_match_ok(conn, etag)) {
-		ret = respond_error(s, rq, conn, MHD_HTTP_PRECONDITION_FAILED,
-				    "the path holds another version", MHD_HTTP_HEADER_ETAG, etag);
-		goto out;
-	}
-	err = open_version(s, cat_idx, path, &e, &fd);
-	if (err < 0) {
-		ret = respond_errno(s, rq, conn, err);
-		goto out;
-	}
-	kind = pick_range(conn, etag, e.size, &first, &len);
-	if (kind == RANGE_UNSATISFIABLE) {
-		snprintf(crange, sizeof(crange), "bytes */%llu", (unsigned long long)e.size);
-		ret = respond_error(s, rq, conn, MHD_HTTP_RANGE_NOT_SATISFIABLE,
-				    "range not satisfiable", MHD_HTTP_HEADER_CONTENT_RANGE, crange);
-		goto out;
-	}
-	if (len == 0) {
-		resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-	} else {
-		/* MHD owns the fd from here (closed with the response) and sends it with
-		 * sendfile. */
-		resp = MHD_create_response_from_fd_at_offset64(len, fd, first);
-		if (resp)
-			fd = -1;
-	}
-	if (!resp) {
-		ret = MHD_NO;
-		goto out;
-	}
-	snprintf(crange, sizeof(crange), "bytes %llu-%llu/%llu", (unsigned long long)first,
-		 (unsigned long long)(first + len - 1), (unsigned long long)e.size);
-	if (!add_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream") ||
-	    !add_header(resp, MHD_HTTP_HEADER_ETAG, etag) ||
-	    !add_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes") ||
-	    (kind == RANGE_PART && !add_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, crange))) {
-		MHD_destroy_response(resp);
-		ret = MHD_NO;
-		goto out;
-	}
-	ret = queue(s, rq, conn, kind == RANGE_PART ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK,
-		    resp, len);
-out:
-	if (fd >= 0)
-		close(fd);
-	free(path);
-	return ret;
+	return dataserver_queue(s, rq, conn, MHD_HTTP_OK, resp, 0);
 }
 
 /* ---- POST /v1/notify ---- */
@@ -1071,8 +573,8 @@ static enum MHD_Result route_notify(struct dataserver *s, struct request *rq,
 	enum MHD_Result ret;
 
 	if (rq->body_overflow) {
-		ret = respond_error(s, rq, conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large",
-				    NULL, NULL);
+		ret = dataserver_respond_error(s, rq, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+					       "body too large", NULL, NULL);
 		goto out;
 	}
 	if (rq->body_len)
@@ -1081,18 +583,19 @@ static enum MHD_Result route_notify(struct dataserver *s, struct request *rq,
 	seq = json_object_get(root, "seq");
 	if (!json_is_object(root) || !json_is_string(node) || !json_is_integer(seq) ||
 	    json_integer_value(seq) < 0) {
-		ret = respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST,
-				    "expected {\"node\": NAME, \"seq\": N}", NULL, NULL);
+		ret = dataserver_respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST,
+					       "expected {\"node\": NAME, \"seq\": N}", NULL, NULL);
 		goto out;
 	}
 	host = config_find_host(cfg, json_string_value(node));
 	if (!host) {
-		ret = respond_error(s, rq, conn, MHD_HTTP_NOT_FOUND, "unknown node", NULL, NULL);
+		ret = dataserver_respond_error(s, rq, conn, MHD_HTTP_NOT_FOUND, "unknown node",
+					       NULL, NULL);
 		goto out;
 	}
 	if (host == cfg->self) {
-		ret = respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST, "that is this node", NULL,
-				    NULL);
+		ret = dataserver_respond_error(s, rq, conn, MHD_HTTP_BAD_REQUEST,
+					       "that is this node", NULL, NULL);
 		goto out;
 	}
 	log_msg(LOG_DEBUG, "data server: %s published up to seq %lld", host->name,
@@ -1100,7 +603,7 @@ static enum MHD_Result route_notify(struct dataserver *s, struct request *rq,
 	if (s->d->peers)
 		peers_notify(s->d->peers, host->name);
 	resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-	ret = queue(s, rq, conn, MHD_HTTP_NO_CONTENT, resp, 0);
+	ret = dataserver_queue(s, rq, conn, MHD_HTTP_NO_CONTENT, resp, 0);
 out:
 	json_decref(root);
 	return ret;
@@ -1248,11 +751,11 @@ static enum MHD_Result route_metrics(struct dataserver *s, struct request *rq,
 	FILE *f = open_memstream(&text, &len);
 
 	if (!f)
-		return respond_errno(s, rq, conn, -errno);
+		return dataserver_respond_errno(s, rq, conn, -errno);
 	write_metrics(s, f);
 	if (fclose(f) != 0) {
 		free(text);
-		return respond_errno(s, rq, conn, -ENOMEM);
+		return dataserver_respond_errno(s, rq, conn, -ENOMEM);
 	}
 	return respond_text(s, rq, conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8",
 			    text, len, NULL, NULL);
@@ -1291,19 +794,19 @@ static enum MHD_Result start_request(struct dataserver *s, struct request *rq,
 	const char *clen;
 
 	if (!(rq->ep == EP_HEALTH && get) && !authorized(s, conn))
-		return respond_error(s, rq, conn, MHD_HTTP_UNAUTHORIZED, "unauthorized",
-				     MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_UNAUTHORIZED, "unauthorized",
+						MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
 	if (rq->ep == EP_OTHER)
 		return MHD_YES;
 	if (rq->ep == EP_NOTIFY ? !post : !get)
-		return respond_error(s, rq, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
-				     "method not allowed", MHD_HTTP_HEADER_ALLOW,
-				     rq->ep == EP_NOTIFY ? "POST" : "GET, HEAD");
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+						"method not allowed", MHD_HTTP_HEADER_ALLOW,
+						rq->ep == EP_NOTIFY ? "POST" : "GET, HEAD");
 	clen = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 					   MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (rq->ep == EP_NOTIFY && clen && strtoull(clen, NULL, 10) > NOTIFY_MAX_BODY)
-		return respond_error(s, rq, conn, MHD_HTTP_CONTENT_TOO_LARGE, "body too large",
-				     NULL, NULL);
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_CONTENT_TOO_LARGE,
+						"body too large", NULL, NULL);
 	return MHD_YES;
 }
 
@@ -1341,15 +844,16 @@ static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, co
 	case EP_MANIFEST:
 		return route_manifest(s, rq, conn);
 	case EP_CHUNKS:
-		return route_chunks(s, rq, conn, url + strlen(CHUNKS_PREFIX));
+		return dataserver_route_chunks(s, rq, conn, url + strlen(CHUNKS_PREFIX));
 	case EP_FILES:
-		return route_files(s, rq, conn, url + strlen(FILES_PREFIX));
+		return dataserver_route_files(s, rq, conn, url + strlen(FILES_PREFIX));
 	case EP_NOTIFY:
 		return route_notify(s, rq, conn);
 	case EP_METRICS:
 		return route_metrics(s, rq, conn);
 	default:
-		return respond_error(s, rq, conn, MHD_HTTP_NOT_FOUND, "not found", NULL, NULL);
+		return dataserver_respond_error(s, rq, conn, MHD_HTTP_NOT_FOUND, "not found", NULL,
+						NULL);
 	}
 }
 
