@@ -251,8 +251,8 @@ static int sync_main(int argc, char **argv)
 		case 'n':
 			players = strtol(optarg, &end, 10);
 			if (*end || players < 1 || players > 64) {
-				fprintf(stderr, "meshfs sync: --num-players takes a number from 1 to "
-						"64, not '%s'\n", optarg);
+				fprintf(stderr, "meshfs sync: --num-players takes a number "
+						"from 1 to 64, not '%s'\n", optarg);
 				return 2;
 			}
 			break;

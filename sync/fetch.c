@@ -254,6 +254,7 @@ static int file_get_locked(struct fetch *f, const struct ns_remote *r, struct fe
 {
 	struct fetch_file *ff = file_find(f, &r->hash);
 	const char *category = f->cfg->categories[r->cat_idx].name;
+	struct hash128 first;
 	int ret;
 
 	if (ff) {
@@ -284,7 +285,8 @@ static int file_get_locked(struct fetch *f, const struct ns_remote *r, struct fe
 	for (size_t i = 0; i < ff->nchunks; i++)
 		if (cache_file_chunk_present(ff->cf, i))
 			ff->state[i] = CH_PRESENT;
-	ff->have_list = ff->nchunks == 0 || cache_file_chunk_hash(ff->cf, 0, &(struct hash128){ 0, 0 }) == 0;
+	/* Chunk hashes kept from an earlier fetch (or a restart) need not be asked again. */
+	ff->have_list = ff->nchunks == 0 || cache_file_chunk_hash(ff->cf, 0, &first) == 0;
 	ff->complete = cache_file_complete(ff->cf);
 	ff->refs = 1;
 	ff->next = f->files;
@@ -704,7 +706,8 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 		/* Readers may go past the limit a little; background work never does. */
 		if (best_prio < FETCH_PRIO_AHEAD && f->active >= FETCH_MAX_XFERS)
 			return;
-		if (best_prio <= FETCH_PRIO_BACKGROUND && f->active_background >= FETCH_MAX_BACKGROUND)
+		if (best_prio <= FETCH_PRIO_BACKGROUND &&
+		    f->active_background >= FETCH_MAX_BACKGROUND)
 			return;
 
 		uint64_t bytes = best_chunk == SIZE_MAX ? 4096 : chunk_len(best_ff, best_chunk);
@@ -717,7 +720,8 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 			snprintf(last, sizeof(last), "%s", best_ff->last_error);
 			if (strncmp(last, "no source left", 14) != 0)
 				file_error(best_ff, "no source left for this version%s%s",
-					   last[0] ? "; last error: " : " (no reachable host holds it)",
+					   last[0] ? "; last error: "
+						   : " (no reachable host holds it)",
 					   last);
 			cache_set_error(f->cache, best_ff->category, best_ff->path,
 					best_ff->last_error);
@@ -729,7 +733,9 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 			}
 			continue;
 		}
-		if (xfer_start(f, best_ff, host, best_chunk, best_prio <= FETCH_PRIO_BACKGROUND) < 0) {
+		bool background = best_prio <= FETCH_PRIO_BACKGROUND;
+
+		if (xfer_start(f, best_ff, host, best_chunk, background) < 0) {
 			/* No memory or no cache space: fail what waits on it rather than spin. */
 			if (best_chunk != SIZE_MAX) {
 				best_ff->want[best_chunk] = 0;
