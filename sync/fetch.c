@@ -36,6 +36,7 @@
 #define FETCH_DEFAULT_BPS (50.0 * 1024 * 1024) /* guess for a source never measured */
 #define FETCH_MAX_CHUNK_LIST (1u << 20)
 #define FETCH_RECV_BUFFER (512 * 1024)
+#define FETCH_STAGE (1024 * 1024)	/* bytes of a chunk gathered per write to the cache */
 
 enum chunk_state {
 	CH_ABSENT,
@@ -92,6 +93,10 @@ struct xfer {
 	size_t cap;			/* bytes expected (chunk) or room in buf (list) */
 	int fd;				/* the cache file (chunks) */
 	uint64_t base;			/* offset of the chunk in the file */
+	char *stage;			/* received bytes not yet written (libcurl hands out
+					 * 16 KiB at a time; a write per piece costs more) */
+	size_t staged;
+	size_t flushed;			/* bytes of the chunk already written */
 	struct hash_stream *hs;
 	int write_err;			/* -errno of a failed write into the cache */
 	uint64_t reserved;		/* cache bytes reserved for it */
@@ -465,29 +470,48 @@ static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t bytes)
 
 /* ------------------------------------------------------------------ transfers */
 
+/* Writes the staged bytes into the cache file at their place. 0 or -errno (kept in x). */
+static int stage_flush(struct xfer *x)
+{
+	uint64_t off = x->base + x->flushed;
+	size_t done = 0;
+
+	while (done < x->staged) {
+		ssize_t w = pwrite(x->fd, x->stage + done, x->staged - done, (off_t)(off + done));
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			x->write_err = w < 0 ? -errno : -EIO;
+			return x->write_err;
+		}
+		done += (size_t)w;
+	}
+	x->flushed += x->staged;
+	x->staged = 0;
+	return 0;
+}
+
 static size_t xfer_write(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct xfer *x = arg;
 	size_t n = size * nmemb;
 
 	if (x->chunk != SIZE_MAX) {
-		size_t done = 0;
-
 		if (x->len + n > x->cap)
 			return 0; /* more than the range asked for: abort, the source is wrong */
-		while (done < n) {
-			ssize_t w = pwrite(x->fd, data + done, n - done,
-					   (off_t)(x->base + x->len + done));
-
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0) {
-				x->write_err = w < 0 ? -errno : -EIO;
-				return 0;
-			}
-			done += (size_t)w;
-		}
 		hash_stream_update(x->hs, data, n);
+		for (size_t done = 0; done < n;) {
+			size_t take = n - done;
+
+			if (take > FETCH_STAGE - x->staged)
+				take = FETCH_STAGE - x->staged;
+			memcpy(x->stage + x->staged, data + done, take);
+			x->staged += take;
+			done += take;
+			if (x->staged == FETCH_STAGE && stage_flush(x) < 0)
+				return 0;
+		}
 		x->len += n;
 		return n;
 	}
@@ -541,6 +565,7 @@ out:
 static void xfer_free(struct xfer *x)
 {
 	hash_stream_free(x->hs);
+	free(x->stage);
 	if (x->easy)
 		curl_easy_cleanup(x->easy);
 	curl_slist_free_all(x->headers);
@@ -577,7 +602,8 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 		x->cap = chunk_len(ff, chunk);
 		x->fd = cache_file_fd(ff->cf);
 		x->base = (uint64_t)chunk * HASH_CHUNK_SIZE;
-		if (hash_stream_new(&x->hs) < 0)
+		x->stage = malloc(FETCH_STAGE);
+		if (!x->stage || hash_stream_new(&x->hs) < 0)
 			goto fail;
 	}
 	ret = peers_base_url(f->cfg, (size_t)host, base, sizeof(base));
@@ -665,6 +691,15 @@ fail:
 	return ret;
 }
 
+/* Whether some reader is parked, waiting. Lock held. */
+static bool readers_waiting(const struct fetch *f)
+{
+	for (const struct fetch_file *ff = f->files; ff; ff = ff->next)
+		if (ff->waiters)
+			return true;
+	return false;
+}
+
 /* Starts what is most wanted, within the limits. Lock held. */
 static void schedule_locked(struct fetch *f, struct completion **done)
 {
@@ -708,6 +743,9 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 			return;
 		if (best_prio <= FETCH_PRIO_BACKGROUND &&
 		    f->active_background >= FETCH_MAX_BACKGROUND)
+			return;
+		/* Background completion waits while a reader does: its chunk gets the link. */
+		if (best_prio <= FETCH_PRIO_BACKGROUND && readers_waiting(f))
 			return;
 
 		uint64_t bytes = best_chunk == SIZE_MAX ? 4096 : chunk_len(best_ff, best_chunk);
@@ -797,6 +835,8 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 	int ret = 0;
 
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (x->chunk != SIZE_MAX && rc == CURLE_OK && x->write_err == 0 && x->staged)
+		stage_flush(x);
 	if (x->write_err < 0) {
 		snprintf(why, sizeof(why), "cache write of chunk %zu: %s", x->chunk,
 			 strerror(-x->write_err));
