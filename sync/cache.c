@@ -72,27 +72,6 @@ static uint64_t add_sat(uint64_t a, uint64_t b)
 	return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-	const uint8_t *p = buf;
-
-	while (len > 0) {
-		ssize_t n = pwrite(fd, p, len, (off_t)off);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EIO;
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
 static bool valid_file_key(const char *category, const char *path)
 {
 	return category && *category && !strchr(category, '/') &&
@@ -866,7 +845,7 @@ int cache_file_write_chunk(struct cache_file *f, size_t idx, const void *buf, si
 
 	if (!f || idx >= f->nchunks || len != cache_chunk_len(f, idx) || (!buf && len))
 		return -EINVAL;
-	ret = pwrite_all(f->fd, buf, len, (uint64_t)idx * HASH_CHUNK_SIZE);
+	ret = pwrite_full(f->fd, buf, len, (uint64_t)idx * HASH_CHUNK_SIZE);
 	if (ret) {
 		log_msg(LOG_ERR, "cache: %s: write chunk %zu: %s", f->hex, idx, strerror(-ret));
 		return ret;

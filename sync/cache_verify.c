@@ -37,28 +37,6 @@
 
 #define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
 
-/* Reads exactly @len bytes at @off; -EIO at an early EOF. */
-static int pread_all(int fd, void *buf, size_t len, uint64_t off)
-{
-	uint8_t *p = buf;
-
-	while (len > 0) {
-		ssize_t n = pread(fd, p, len, (off_t)off);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -EIO;
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
 /* ---- verification ---- */
 
 typedef void (*bad_fn)(void *arg, size_t idx, const char *why);
@@ -84,7 +62,7 @@ static size_t verify_chunks(const struct cache_file *f, int fd, const struct has
 		if (!chunks) {
 			snprintf(why, sizeof(why), "no chunk hashes to check it against");
 		} else {
-			ret = pread_all(fd, buf, len, (uint64_t)i * HASH_CHUNK_SIZE);
+			ret = pread_full(fd, buf, len, (uint64_t)i * HASH_CHUNK_SIZE);
 			if (ret == 0) {
 				h = hash_buf(buf, len);
 				if (hash_equal(&h, &chunks[i]))

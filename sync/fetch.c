@@ -473,19 +473,11 @@ static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t bytes)
 /* Writes the staged bytes into the cache file at their place. 0 or -errno (kept in x). */
 static int stage_flush(struct xfer *x)
 {
-	uint64_t off = x->base + x->flushed;
-	size_t done = 0;
+	int ret = pwrite_full(x->fd, x->stage, x->staged, x->base + x->flushed);
 
-	while (done < x->staged) {
-		ssize_t w = pwrite(x->fd, x->stage + done, x->staged - done, (off_t)(off + done));
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0) {
-			x->write_err = w < 0 ? -errno : -EIO;
-			return x->write_err;
-		}
-		done += (size_t)w;
+	if (ret < 0) {
+		x->write_err = ret;
+		return ret;
 	}
 	x->flushed += x->staged;
 	x->staged = 0;

@@ -38,7 +38,12 @@ int read_small_file(const char *path, char **out);
 /* Strips leading and trailing whitespace in place; returns @s. */
 char *str_strip(char *s);
 
-/* Full write/read that retries on EINTR and short counts. 0 or -errno (-EIO on EOF for read). */
+/* Full write that retries on EINTR and short counts. 0 or -errno. */
 int write_all(int fd, const void *buf, size_t len);
+
+/* Exactly @len bytes at @off, retrying EINTR and short counts. 0 or -errno (-EIO when the
+ * file ends first, or a write makes no progress). */
+int pread_full(int fd, void *buf, size_t len, uint64_t off);
+int pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
 #endif
