@@ -20,6 +20,12 @@
  *   the entry that carried it was deleted or re-published (a delete takes a new seq too: the
  *   tombstone must show up in catalog_changes for peers that already saw the file).
  * - Statements are prepared on first use and kept until catalog_close.
+ * - Per-host totals (live files and bytes) live in a connection-private TEMP table kept up to
+ *   date by TEMP triggers on entries, so they change in the very transaction that changes an
+ *   entry (rolled back with it) and catalog_totals() costs a lookup, not a count of every
+ *   entry: the health xattr asks for them on every read. Nothing of it is stored in the
+ *   catalog file, so the schema is untouched. The table is filled by one count on first use,
+ *   and counted again whenever PRAGMA data_version shows that another connection committed.
  *
  * Locking: cat->lock serialises every call on one struct catalog: the connection and its
  * cached statements are not safe to share between threads, and a publish is several
@@ -125,6 +131,35 @@ static const char schema_v3[] =
 	"ALTER TABLE local ADD COLUMN chunks BLOB;"
 	"CREATE INDEX local_hash ON local (hash);";
 
+/*
+ * Connection-private, created by catalog_open after the migrations (see the file header).
+ * entry_totals_state holds the data_version the totals were counted at; no row: never counted.
+ */
+static const char totals_sql[] =
+	"CREATE TEMP TABLE entry_totals ("
+	"  host TEXT PRIMARY KEY,"
+	"  files INTEGER NOT NULL,"
+	"  bytes INTEGER NOT NULL) WITHOUT ROWID;"
+	"CREATE TEMP TABLE entry_totals_state (data_version INTEGER NOT NULL);"
+	"CREATE TEMP TRIGGER entry_totals_insert AFTER INSERT ON main.entries "
+	"WHEN NEW.deleted = 0 BEGIN "
+	"  INSERT INTO entry_totals (host, files, bytes) VALUES (NEW.host, 1, NEW.size) "
+	"  ON CONFLICT (host) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes; "
+	"END;"
+	"CREATE TEMP TRIGGER entry_totals_delete AFTER DELETE ON main.entries "
+	"WHEN OLD.deleted = 0 BEGIN "
+	"  UPDATE entry_totals SET files = files - 1, bytes = bytes - OLD.size "
+	"  WHERE host = OLD.host; "
+	"END;"
+	"CREATE TEMP TRIGGER entry_totals_update AFTER UPDATE OF host, size, deleted "
+	"ON main.entries WHEN OLD.deleted = 0 OR NEW.deleted = 0 BEGIN "
+	"  UPDATE entry_totals SET files = files - 1, bytes = bytes - OLD.size "
+	"  WHERE host = OLD.host AND OLD.deleted = 0; "
+	"  INSERT INTO entry_totals (host, files, bytes) SELECT NEW.host, 1, NEW.size "
+	"  WHERE NEW.deleted = 0 "
+	"  ON CONFLICT (host) DO UPDATE SET files = files + 1, bytes = bytes + excluded.bytes; "
+	"END;";
+
 struct migration {
 	int version; /* user_version after this step */
 	const char *sql;
@@ -161,6 +196,8 @@ enum stmt_id {
 	ST_MAX_SEQ,
 	ST_TOTALS_HOST,
 	ST_TOTALS_ALL,
+	ST_DATA_VERSION,
+	ST_TOTALS_COUNTED_AT,
 	ST_PIN_SET,
 	ST_PIN_CLEAR,
 	ST_PIN_GET,
@@ -213,9 +250,13 @@ static const char *const stmt_sql[ST_COUNT] = {
 			  "ORDER BY c.idx",
 	[ST_MAX_SEQ] = "SELECT max(coalesce((SELECT last_seq FROM hosts WHERE name = ?1), 0), "
 		       "coalesce((SELECT max(seq) FROM entries WHERE host = ?1), 0))",
-	[ST_TOTALS_HOST] = "SELECT count(*), coalesce(sum(size), 0) FROM entries "
-			   "WHERE host = ?1 AND deleted = 0",
-	[ST_TOTALS_ALL] = "SELECT count(*), coalesce(sum(size), 0) FROM entries WHERE deleted = 0",
+	/* Kept by triggers (see totals_sql); one row per host that ever had a live entry. */
+	[ST_TOTALS_HOST] = "SELECT coalesce(sum(files), 0), coalesce(sum(bytes), 0) "
+			   "FROM temp.entry_totals WHERE host = ?1",
+	[ST_TOTALS_ALL] = "SELECT coalesce(sum(files), 0), coalesce(sum(bytes), 0) "
+			  "FROM temp.entry_totals",
+	[ST_DATA_VERSION] = "PRAGMA data_version",
+	[ST_TOTALS_COUNTED_AT] = "SELECT data_version FROM temp.entry_totals_state",
 	[ST_PIN_SET] = "INSERT INTO local (category, path, pinned) VALUES (?1, ?2, 1) "
 		       "ON CONFLICT (category, path) DO UPDATE SET pinned = 1",
 	/* Unpinning never creates a row. */
@@ -416,8 +457,8 @@ out:
 }
 
 /* Steps @st and calls @fn on each row until it returns non-zero (which is returned). */
-static int walk(struct catalog *cat, sqlite3_stmt *st,
-		int (*fn)(void *arg, const struct cat_entry *e), void *arg)
+int catalog_walk(struct catalog *cat, sqlite3_stmt *st,
+		 int (*fn)(void *arg, const struct cat_entry *e), void *arg)
 {
 	struct cat_entry e;
 	int rc, ret = 0;
@@ -533,25 +574,57 @@ static int insert_chunks(struct catalog *cat, int64_t id, const struct hash128 *
 	return ret;
 }
 
-int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
-			  const struct hash128 *chunks, size_t n_chunks, int64_t *seq)
+/* Whether catalog_publish_local() takes @e with @chunks; logs why not. */
+static bool publish_valid(struct catalog *cat, const struct cat_entry *e,
+			  const struct hash128 *chunks, size_t n_chunks)
 {
-	bool locked = false, in_tx = false;
-	int64_t next = 0, id = 0, confirmed_at;
-	int ret = -EINVAL;
-
-	if (!e || !catalog_valid_key(e->host, e->category, e->path) || e->size > INT64_MAX)
-		goto out;
+	if (!catalog_valid_key(e->host, e->category, e->path) || e->size > INT64_MAX)
+		return false;
 	/* The chunk list is served as the file's; it has to cover exactly its bytes. */
 	if (n_chunks != (e->size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE ||
 	    (n_chunks && !chunks)) {
 		log_msg(LOG_ERR, "catalog %s: %s/%s: %zu chunk hashes for %llu bytes", cat->path,
 			e->category, e->path, n_chunks, (unsigned long long)e->size);
-		goto out;
+		return false;
 	}
-	/* Publishing is the origin vouching for its file right now. */
-	confirmed_at = e->confirmed_at ? e->confirmed_at : now_s();
+	return true;
+}
 
+/* Records one publication inside the caller's transaction; its seq goes to *seq. */
+static int publish_one(struct catalog *cat, const struct cat_entry *e,
+		       const struct hash128 *chunks, size_t n_chunks, int64_t *seq)
+{
+	/* Publishing is the origin vouching for its file right now. */
+	int64_t confirmed_at = e->confirmed_at ? e->confirmed_at : now_s(), id = 0;
+	int ret;
+
+	ret = catalog_next_seq(cat, e->host, seq);
+	if (ret)
+		goto out;
+	ret = upsert_entry(cat, e, *seq, confirmed_at, &id);
+	if (ret)
+		goto out;
+	ret = clear_chunks(cat, id);
+	if (ret)
+		goto out;
+	ret = insert_chunks(cat, id, chunks, n_chunks);
+out:
+	return ret;
+}
+
+int catalog_publish_local_batch(struct catalog *cat, struct cat_publish *pubs, size_t n)
+{
+	bool locked = false, in_tx = false;
+	int ret = -EINVAL;
+
+	if (!pubs && n)
+		goto out;
+	for (size_t i = 0; i < n; i++)
+		if (!publish_valid(cat, &pubs[i].e, pubs[i].chunks, pubs[i].n_chunks))
+			goto out;
+	ret = 0;
+	if (!n)
+		goto out;
 	ret = catalog_lock(cat);
 	if (ret)
 		goto out;
@@ -560,29 +633,36 @@ int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
 	if (ret)
 		goto out;
 	in_tx = true;
-	ret = catalog_next_seq(cat, e->host, &next);
-	if (ret)
-		goto out;
-	ret = upsert_entry(cat, e, next, confirmed_at, &id);
-	if (ret)
-		goto out;
-	ret = clear_chunks(cat, id);
-	if (ret)
-		goto out;
-	ret = insert_chunks(cat, id, chunks, n_chunks);
+	for (size_t i = 0; i < n && ret == 0; i++)
+		ret = publish_one(cat, &pubs[i].e, pubs[i].chunks, pubs[i].n_chunks,
+				  &pubs[i].seq);
 	if (ret)
 		goto out;
 	ret = catalog_tx_commit(cat);
 	if (ret)
 		goto out;
 	in_tx = false;
-	if (seq)
-		*seq = next;
 out:
 	if (in_tx)
 		catalog_tx_rollback(cat);
 	if (locked)
 		catalog_unlock(cat);
+	return ret;
+}
+
+int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
+			  const struct hash128 *chunks, size_t n_chunks, int64_t *seq)
+{
+	struct cat_publish pub = { .chunks = chunks, .n_chunks = n_chunks };
+	int ret = -EINVAL;
+
+	if (!e)
+		goto out;
+	pub.e = *e;
+	ret = catalog_publish_local_batch(cat, &pub, 1);
+	if (ret == 0 && seq)
+		*seq = pub.seq;
+out:
 	return ret;
 }
 
@@ -742,7 +822,7 @@ int catalog_get(struct catalog *cat, const char *host, const char *category, con
 		ret = catalog_sql_fail(cat, rc, "bind");
 		goto out;
 	}
-	ret = walk(cat, st, get_one, &ctx);
+	ret = catalog_walk(cat, st, get_one, &ctx);
 	if (ctx.found)
 		ret = 0;
 	else if (ret == 0)
@@ -776,7 +856,7 @@ int catalog_foreach(struct catalog *cat, const char *host,
 		ret = catalog_sql_fail(cat, rc, "bind");
 		goto out;
 	}
-	ret = walk(cat, st, fn, arg);
+	ret = catalog_walk(cat, st, fn, arg);
 out:
 	stmt_put(st);
 	if (locked)
@@ -806,7 +886,7 @@ int catalog_changes(struct catalog *cat, const char *host, int64_t since,
 		ret = catalog_sql_fail(cat, rc, "bind");
 		goto out;
 	}
-	ret = walk(cat, st, fn, arg);
+	ret = catalog_walk(cat, st, fn, arg);
 out:
 	stmt_put(st);
 	if (locked)
@@ -837,7 +917,7 @@ int catalog_changes_page(struct catalog *cat, const char *host, int64_t since, s
 		ret = catalog_sql_fail(cat, rc, "bind");
 		goto out;
 	}
-	ret = walk(cat, st, fn, arg);
+	ret = catalog_walk(cat, st, fn, arg);
 out:
 	stmt_put(st);
 	if (locked)
@@ -912,17 +992,17 @@ out:
 	return ret;
 }
 
-/* Runs cached statement @id with @host bound to ?1 (unless NULL) and reads its one row. */
-static int query_row(struct catalog *cat, enum stmt_id id, const char *host, int64_t *a, int64_t *b)
+/*
+ * Runs cached statement @id with @host bound to ?1 (unless NULL) and reads its first row into
+ * *a (and *b). With @found, no row is not an error: *found says whether there was one.
+ * cat->lock must be held.
+ */
+static int query_row_locked(struct catalog *cat, enum stmt_id id, const char *host, int64_t *a,
+			    int64_t *b, bool *found)
 {
 	sqlite3_stmt *st = NULL;
-	bool locked = false;
 	int rc = SQLITE_OK, ret;
 
-	ret = catalog_lock(cat);
-	if (ret)
-		goto out;
-	locked = true;
 	ret = stmt_get(cat, id, &st);
 	if (ret)
 		goto out;
@@ -930,6 +1010,10 @@ static int query_row(struct catalog *cat, enum stmt_id id, const char *host, int
 		catalog_bind_text(st, 1, host, &rc);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_step(st);
+	if (found)
+		*found = rc == SQLITE_ROW;
+	if (rc == SQLITE_DONE && found)
+		goto out;
 	if (rc != SQLITE_ROW) {
 		ret = catalog_sql_fail(cat, rc, sqlite3_sql(st));
 		goto out;
@@ -939,8 +1023,57 @@ static int query_row(struct catalog *cat, enum stmt_id id, const char *host, int
 		*b = sqlite3_column_int64(st, 1);
 out:
 	stmt_put(st);
-	if (locked)
+	return ret;
+}
+
+/* query_row_locked() that requires a row, under cat->lock. */
+static int query_row(struct catalog *cat, enum stmt_id id, const char *host, int64_t *a, int64_t *b)
+{
+	int ret = catalog_lock(cat);
+
+	if (ret == 0) {
+		ret = query_row_locked(cat, id, host, a, b, NULL);
 		catalog_unlock(cat);
+	}
+	return ret;
+}
+
+/*
+ * Makes temp.entry_totals right: counts the entries again when they were never counted or
+ * another connection has committed since (its changes fired no trigger here). One statement
+ * counts, so the totals are of one snapshot; a commit racing with it only means the next call
+ * counts again. cat->lock must be held.
+ */
+static int totals_fresh(struct catalog *cat)
+{
+	int64_t now = 0, counted = 0;
+	bool have = false;
+	char sql[512];
+	int rc, ret;
+
+	ret = query_row_locked(cat, ST_DATA_VERSION, NULL, &now, NULL, NULL);
+	if (ret == 0)
+		ret = query_row_locked(cat, ST_TOTALS_COUNTED_AT, NULL, &counted, NULL, &have);
+	if (ret || (have && counted == now))
+		goto out;
+	snprintf(sql, sizeof(sql),
+		 "SAVEPOINT totals_count;"
+		 "DELETE FROM temp.entry_totals_state;"
+		 "DELETE FROM temp.entry_totals;"
+		 "INSERT INTO temp.entry_totals (host, files, bytes) "
+		 "SELECT host, count(*), coalesce(sum(size), 0) FROM main.entries "
+		 "WHERE deleted = 0 GROUP BY host;"
+		 "INSERT INTO temp.entry_totals_state (data_version) VALUES (%lld);"
+		 "RELEASE totals_count;",
+		 (long long)now);
+	rc = sqlite3_exec(cat->db, sql, NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		ret = catalog_sql_fail(cat, rc, "count entries");
+		if (!sqlite3_get_autocommit(cat->db))
+			sqlite3_exec(cat->db, "ROLLBACK TO totals_count; RELEASE totals_count",
+				     NULL, NULL, NULL);
+	}
+out:
 	return ret;
 }
 
@@ -964,13 +1097,21 @@ int catalog_totals(struct catalog *cat, const char *host, uint64_t *files, uint6
 	int64_t f = 0, b = 0;
 	int ret;
 
-	ret = query_row(cat, host ? ST_TOTALS_HOST : ST_TOTALS_ALL, host, &f, &b);
+	ret = catalog_lock(cat);
+	if (ret)
+		goto out;
+	ret = totals_fresh(cat);
+	if (ret == 0)
+		ret = query_row_locked(cat, host ? ST_TOTALS_HOST : ST_TOTALS_ALL, host, &f, &b,
+				       NULL);
+	catalog_unlock(cat);
 	if (ret == 0) {
 		if (files)
 			*files = (uint64_t)f;
 		if (bytes)
 			*bytes = (uint64_t)b;
 	}
+out:
 	return ret;
 }
 
@@ -1356,6 +1497,9 @@ int catalog_open(const char *path, struct catalog **out)
 	if (ret)
 		goto out;
 	ret = migrate(cat, &version);
+	if (ret)
+		goto out;
+	ret = exec_sql(cat, totals_sql);
 	if (ret)
 		goto out;
 	cat->version = (int)version;

@@ -69,6 +69,22 @@ int catalog_schema_version(struct catalog *cat);
 int catalog_publish_local(struct catalog *cat, const struct cat_entry *e,
 			  const struct hash128 *chunks, size_t n_chunks, int64_t *seq);
 
+/* One publication of a batch: inputs borrowed for the call, @seq filled in on success. */
+struct cat_publish {
+	struct cat_entry e;
+	const struct hash128 *chunks;
+	size_t n_chunks;
+	int64_t seq;		/* out */
+};
+
+/*
+ * catalog_publish_local() for @n entries in one transaction: all of them are recorded, in
+ * array order with increasing seqs (pubs[i].seq), or none is. Returns 0 or -errno; -EINVAL
+ * (nothing recorded) when any of them would be refused by catalog_publish_local(). Meant for
+ * a scan that publishes many files: one commit instead of one per file.
+ */
+int catalog_publish_local_batch(struct catalog *cat, struct cat_publish *pubs, size_t n);
+
 /*
  * Marks @host's entry (category, path) deleted with the next seq, in one transaction.
  * Returns 0, -ENOENT if there is no live entry.
@@ -105,7 +121,8 @@ int catalog_get_chunks(struct catalog *cat, const char *host, const char *catego
 /* The highest seq handed out for @host (0 if none). */
 int catalog_max_seq(struct catalog *cat, const char *host, int64_t *seq);
 
-/* Counts and total bytes of @host's live entries. */
+/* Counts and total bytes of @host's live entries (every host's when NULL). Cheap: kept up to
+ * date by the connection itself, not counted per call (see catalog.c). */
 int catalog_totals(struct catalog *cat, const char *host, uint64_t *files, uint64_t *bytes);
 
 /* Pins (keeps out of eviction) or unpins (category, path) on this node. */

@@ -50,6 +50,10 @@ bool catalog_valid_category(const char *category);
 bool catalog_valid_key(const char *host, const char *category, const char *path);
 /* Fills @e from a row selected with catalog.c's entry columns (see CATALOG_ENTRY_COLS). */
 int catalog_row_to_entry(sqlite3_stmt *st, struct cat_entry *e);
+/* Steps @st (selecting CATALOG_ENTRY_COLS) to the end, calling @fn for each row; stops at the
+ * first non-zero return of @fn and returns it, or -errno (logged). */
+int catalog_walk(struct catalog *cat, sqlite3_stmt *st,
+		 int (*fn)(void *arg, const struct cat_entry *e), void *arg);
 /* The next seq of @host, inside the caller's transaction. */
 int catalog_next_seq(struct catalog *cat, const char *host, int64_t *seq);
 

@@ -343,7 +343,6 @@ int catalog_foreach_remote(struct catalog *cat, const char *self_host,
 			   int (*fn)(void *arg, const struct cat_entry *e), void *arg)
 {
 	sqlite3_stmt *st = NULL;
-	struct cat_entry e;
 	bool locked = false;
 	int rc = SQLITE_OK, ret = -EINVAL;
 
@@ -361,23 +360,7 @@ int catalog_foreach_remote(struct catalog *cat, const char *self_host,
 		ret = catalog_sql_fail(cat, rc, "bind");
 		goto out;
 	}
-	for (;;) {
-		rc = sqlite3_step(st);
-		if (rc == SQLITE_DONE)
-			break;
-		if (rc != SQLITE_ROW) {
-			ret = catalog_sql_fail(cat, rc, "walk remote entries");
-			break;
-		}
-		ret = catalog_row_to_entry(st, &e);
-		if (ret) {
-			log_msg(LOG_ERR, "catalog %s: malformed entry row", cat->path);
-			break;
-		}
-		ret = fn(arg, &e);
-		if (ret)
-			break;
-	}
+	ret = catalog_walk(cat, st, fn, arg);
 out:
 	sqlite3_finalize(st);
 	if (locked)

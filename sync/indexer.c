@@ -17,7 +17,18 @@
  *
  * Hashing streams the file through hash_fd() and is trusted only when fstat() shows the same
  * size and mtime afterwards. A long scan pauses every few milliseconds to serve its queue and
- * drain inotify, so a publish-now or a stop waits for at most the file in hand.
+ * drain inotify, so a publish-now or a stop waits for at most the file in hand (and the
+ * commit of its batch).
+ *
+ * Hashed files are published in batches, one catalog transaction each (a commit per file was
+ * most of the cost of indexing many small files). A batch is committed when it is full, at
+ * every service pause (before any job or event is handled), before the thread deletes or lists
+ * entries or sleeps, and before a path already in it is looked at again: so it never outlives
+ * SERVICE_NS by much, and the thread's own decisions see the catalog as if each file had been
+ * published at once. The owner hears of each file (ops->published) once its batch is
+ * committed. A rename or unlink through the mount (other threads) that meets a file still in
+ * a batch misses it, as it always could miss a file being hashed; the inotify event of that
+ * rename or unlink has the path looked at again and set right.
  *
  * indexer_renamed()/indexer_removed() run on the caller's thread and touch only the catalog
  * (which has its own mutex) and the stats (under ix->lock); they never see the thread's sets.
@@ -59,6 +70,8 @@
 #define RETRY_NS (200 * NS_PER_MS)
 /* Upper bound on one poll() so a lost wakeup can never stall the thread for long. */
 #define MAX_SLEEP_MS (60 * 1000)
+/* Hashed files published per catalog transaction, at most. */
+#define PUBLISH_BATCH 128
 /* inotify reads per service round; the rest waits for the next round. */
 #define MAX_EVENT_READS 16
 #define EVENT_BUF_SIZE 65536
@@ -128,6 +141,21 @@ struct entry_copy {
 	int64_t ctime_ns;
 };
 
+/* A hashed file waiting in the publish batch: what the publication needs afterwards. */
+struct pub_item {
+	size_t cat;
+	char *path;			/* owned; pubs[i].e.path points to it */
+	struct hash128 *chunks;		/* owned; pubs[i].chunks points to it */
+	struct entry_copy old;		/* the entry it replaces, for the stats */
+	bool had_old;
+};
+
+struct pub_batch {
+	struct cat_publish pubs[PUBLISH_BATCH];
+	struct pub_item items[PUBLISH_BATCH];
+	size_t n;
+};
+
 /* (category, path) pairs collected from a catalog walk, to act on after it returns. */
 struct path_list {
 	struct {
@@ -181,11 +209,13 @@ struct indexer {
 	struct pset dirs;		/* directories known to exist */
 	struct pset watches;		/* inotify wd -> (category, dir) */
 	struct pset warned;		/* unreadable paths already logged in this scan */
+	struct pub_batch batch;		/* hashed, not yet committed (see the file header) */
 	char events[EVENT_BUF_SIZE] __attribute__((aligned(__alignof__(struct inotify_event))));
 };
 
 static void check_path(struct indexer *ix, size_t ci, const char *rel, bool force,
 		       const struct pent *prev);
+static void flush_publishes(struct indexer *ix);
 
 /* --- small helpers ------------------------------------------------------------------------ */
 
@@ -930,6 +960,8 @@ static void service(struct indexer *ix)
 	if (now - ix->last_service < SERVICE_NS)
 		return;
 	ix->last_service = now;
+	/* Before any job or event: they may look at a path of the batch. */
+	flush_publishes(ix);
 	if (ix->in_service) {
 		peek_stop(ix);
 		return;
@@ -971,6 +1003,13 @@ out:
 	return ret;
 }
 
+/* delete_entry() from the indexer thread, which may have @rel in its publish batch. */
+static void drop_entry(struct indexer *ix, size_t ci, const char *rel)
+{
+	flush_publishes(ix);
+	delete_entry(ix, ci, rel, true);
+}
+
 /* True when lstat() proves @full is gone (or is no longer of the kind @want_dir asks). */
 static bool proven_gone(const char *full, bool want_dir)
 {
@@ -988,13 +1027,15 @@ static bool proven_gone(const char *full, bool want_dir)
 static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, const char *full,
 			     const struct stat *st, const struct entry_copy *old, bool had_old)
 {
-	int64_t retry = ix->quiet_ns > RETRY_NS ? ix->quiet_ns : RETRY_NS, seq = 0;
+	int64_t retry = ix->quiet_ns > RETRY_NS ? ix->quiet_ns : RETRY_NS;
 	struct hash128 whole, *chunks = NULL;
 	struct stat before, after;
 	struct fsig looked, opened;
-	struct cat_entry e;
+	struct pub_item *it;
+	struct cat_entry *e;
 	size_t n_chunks = 0;
 	uint64_t size = 0;
+	char *path = NULL;
 	int fd, ret;
 
 	fd = open(full, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
@@ -1037,35 +1078,89 @@ static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, con
 	 * bytes copied over): recording the new identity is what keeps the next scan from
 	 * hashing it again. Peers see the same hash under a new seq and fetch nothing.
 	 */
-	memset(&e, 0, sizeof(e));
-	e.host = ix->cfg->node;
-	e.category = cat_name(ix, ci);
-	e.path = rel;
-	e.size = size;
-	e.mtime_ns = ts_ns(&after.st_mtim);
-	e.hash = whole;
-	e.origin = ix->cfg->node;
-	e.dev = after.st_dev;
-	e.ino = after.st_ino;
-	e.ctime_ns = ts_ns(&after.st_ctim);
-	e.confirmed_at = now_s();
-	ret = catalog_publish_local(ix->cat, &e, chunks, n_chunks, &seq);
-	if (ret < 0) {
-		log_msg(LOG_WARNING, "indexer: publishing %s/%s: %s", e.category, rel,
-			strerror(-ret));
+	path = strdup(rel);
+	if (!path) {
+		log_msg(LOG_WARNING, "indexer: publishing %s/%s: %s", cat_name(ix, ci), rel,
+			strerror(ENOMEM));
 		goto out;
 	}
-	e.seq = seq;
-	stats_published(ix, old, had_old, size, true);
-	pset_del_key(&ix->pending, ci, rel);
-	log_msg(LOG_DEBUG, "indexer: %s/%s published (seq %lld, %llu bytes)", e.category, rel,
-		(long long)seq, (unsigned long long)size);
-	if (ix->ops.published)
-		ix->ops.published(ix->arg, ci, &e);
+	/* Never full here: a batch is committed as soon as it fills. */
+	it = &ix->batch.items[ix->batch.n];
+	e = &ix->batch.pubs[ix->batch.n].e;
+	memset(e, 0, sizeof(*e));
+	e->host = ix->cfg->node;
+	e->category = cat_name(ix, ci);
+	e->path = path;
+	e->size = size;
+	e->mtime_ns = ts_ns(&after.st_mtim);
+	e->hash = whole;
+	e->origin = ix->cfg->node;
+	e->dev = after.st_dev;
+	e->ino = after.st_ino;
+	e->ctime_ns = ts_ns(&after.st_ctim);
+	e->confirmed_at = now_s();
+	ix->batch.pubs[ix->batch.n].chunks = chunks;
+	ix->batch.pubs[ix->batch.n].n_chunks = n_chunks;
+	ix->batch.pubs[ix->batch.n].seq = 0;
+	it->cat = ci;
+	it->path = path;
+	it->chunks = chunks;
+	it->old = *old;
+	it->had_old = had_old;
+	ix->batch.n++;
+	chunks = NULL;
+	if (ix->batch.n == PUBLISH_BATCH)
+		flush_publishes(ix);
 out:
 	free(chunks);
 	if (fd >= 0)
 		close(fd);
+}
+
+/* Whether (@ci, @rel) waits in the publish batch. */
+static bool batch_has(const struct indexer *ix, size_t ci, const char *rel)
+{
+	for (size_t i = 0; i < ix->batch.n; i++)
+		if (ix->batch.items[i].cat == ci && strcmp(ix->batch.items[i].path, rel) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Commits the publish batch in one transaction and tells the owner about each file. When the
+ * batch as a whole fails, each file is tried on its own, so one bad entry (or a commit that
+ * failed for a moment) costs only itself, as when every file had its own transaction.
+ */
+static void flush_publishes(struct indexer *ix)
+{
+	struct pub_batch *b = &ix->batch;
+	int ret, r;
+
+	if (!b->n)
+		return;
+	ret = catalog_publish_local_batch(ix->cat, b->pubs, b->n);
+	for (size_t i = 0; i < b->n; i++) {
+		struct cat_publish *p = &b->pubs[i];
+		struct pub_item *it = &b->items[i];
+
+		r = ret < 0 ? catalog_publish_local_batch(ix->cat, p, 1) : 0;
+		if (r < 0) {
+			log_msg(LOG_WARNING, "indexer: publishing %s/%s: %s", p->e.category,
+				it->path, strerror(-r));
+		} else {
+			p->e.seq = p->seq;
+			stats_published(ix, &it->old, it->had_old, p->e.size, true);
+			pset_del_key(&ix->pending, it->cat, it->path);
+			log_msg(LOG_DEBUG, "indexer: %s/%s published (seq %lld, %llu bytes)",
+				p->e.category, it->path, (long long)p->seq,
+				(unsigned long long)p->e.size);
+			if (ix->ops.published)
+				ix->ops.published(ix->arg, it->cat, &p->e);
+		}
+		free(it->path);
+		free(it->chunks);
+	}
+	b->n = 0;
 }
 
 /*
@@ -1085,6 +1180,9 @@ static void check_file(struct indexer *ix, size_t ci, const char *rel, const cha
 		pset_del_key(&ix->pending, ci, rel);
 		goto out;
 	}
+	/* Hashed moments ago in this batch: what it decided must be in the catalog first. */
+	if (batch_has(ix, ci, rel))
+		flush_publishes(ix);
 	ret = get_entry(ix, ci, rel, &old);
 	if (ret < 0 && ret != -ENOENT) {
 		log_msg(LOG_WARNING, "indexer: looking up %s/%s: %s", cat_name(ix, ci), rel,
@@ -1351,7 +1449,7 @@ static void settle_entries(struct indexer *ix, struct path_list *l, const bool *
 			continue;
 		full = path_join(ix->catdir[ci], l->items[i].path);
 		if (full && proven_gone(full, false))
-			delete_entry(ix, ci, l->items[i].path, true);
+			drop_entry(ix, ci, l->items[i].path);
 		free(full);
 		service(ix);
 	}
@@ -1363,6 +1461,7 @@ static void subtree_gone(struct indexer *ix, size_t ci, const char *rel)
 	struct under_arg u = { .cat = ci, .dir = rel };
 	struct path_list l;
 
+	flush_publishes(ix);
 	if (collect_entries(ix, ci, rel, &l) == 0) {
 		settle_entries(ix, &l, NULL);
 		path_list_free(&l);
@@ -1406,7 +1505,7 @@ static void check_path(struct indexer *ix, size_t ci, const char *rel, bool forc
 		goto out;
 	if ((rel[0] ? lstat(full, &st) : stat(full, &st)) < 0) {
 		if (errno == ENOENT || errno == ENOTDIR) {
-			delete_entry(ix, ci, rel, true);
+			drop_entry(ix, ci, rel);
 			if (pset_find(&ix->dirs, -1, ci, rel))
 				subtree_gone(ix, ci, rel);
 		} else {
@@ -1416,7 +1515,7 @@ static void check_path(struct indexer *ix, size_t ci, const char *rel, bool forc
 	}
 	if (S_ISDIR(st.st_mode)) {
 		if (rel[0])
-			delete_entry(ix, ci, rel, true);
+			drop_entry(ix, ci, rel);
 		walk_tree(ix, ci, rel, force);
 		goto out;
 	}
@@ -1425,7 +1524,7 @@ static void check_path(struct indexer *ix, size_t ci, const char *rel, bool forc
 	if (S_ISREG(st.st_mode))
 		check_file(ix, ci, rel, full, &st, has_sidecar(full), force, prev);
 	else
-		delete_entry(ix, ci, rel, true);
+		drop_entry(ix, ci, rel);
 out:
 	free(full);
 }
@@ -1558,6 +1657,7 @@ static void full_scan(struct indexer *ix)
 		present[ci] = scan_category(ix, ci);
 	if (ix->stopping)
 		goto out;
+	flush_publishes(ix);
 	/* Only after complete walks: what was not met is verified, never assumed gone. */
 	if (collect_entries(ix, SIZE_MAX, NULL, &l) == 0) {
 		settle_entries(ix, &l, present);
@@ -1640,8 +1740,11 @@ static void *indexer_main(void *arg)
 		run_due(ix);
 		if (ix->stopping)
 			break;
+		/* Nothing hashed may wait for the next wakeup. */
+		flush_publishes(ix);
 		wait_for_work(ix);
 	}
+	flush_publishes(ix);
 	return NULL;
 }
 
@@ -1656,6 +1759,11 @@ static void indexer_free(struct indexer *ix)
 	while ((j = ix->head)) {
 		ix->head = j->next;
 		free_job(j);
+	}
+	/* Empty once the thread has run (it commits the batch as it leaves). */
+	for (size_t i = 0; i < ix->batch.n; i++) {
+		free(ix->batch.items[i].path);
+		free(ix->batch.items[i].chunks);
 	}
 	pset_destroy(&ix->pending);
 	pset_destroy(&ix->dirs);
