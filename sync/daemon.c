@@ -136,7 +136,15 @@ static const struct peers_ops daemon_peers_ops = {
 	.host_reset = peer_reset,
 };
 
+static void ix_symlink_seen(void *arg, size_t cat, const char *path)
+{
+	struct daemon *d = arg;
+
+	ns_put_symlink(d->ns, cat, path);
+}
+
 static const struct indexer_ops daemon_ix_ops = {
+	.symlink_seen = ix_symlink_seen,
 	.published = ix_published,
 	.deleted = ix_deleted,
 	.dir_seen = ix_dir_seen,

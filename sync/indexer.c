@@ -1360,6 +1360,11 @@ static void walk_dir(struct indexer *ix, size_t ci, const char *rel, bool force,
 		} else if (S_ISDIR(st.st_mode)) {
 			stack_push(todo, child);
 			child = NULL;
+		} else if (S_ISLNK(st.st_mode)) {
+			/* Never published (no content of its own) and never followed, but shown
+			 * in this node's view, as when it was made through the mount. */
+			if (ix->ops.symlink_seen)
+				ix->ops.symlink_seen(ix->arg, ci, child);
 		} else if (S_ISREG(st.st_mode)) {
 			snprintf(side, sizeof(side), "%s" WRITING_SUFFIX, name);
 			child_full = path_join(full, name);

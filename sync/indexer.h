@@ -36,6 +36,8 @@ struct indexer_ops {
 	void (*dir_seen)(void *arg, size_t cat_idx, const char *path);
 	/* A directory is gone from disk. */
 	void (*dir_gone)(void *arg, size_t cat_idx, const char *path);
+	/* A symbolic link @path exists on disk (may be NULL: not wanted). */
+	void (*symlink_seen)(void *arg, size_t cat_idx, const char *path);
 };
 
 struct indexer_stats {

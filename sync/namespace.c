@@ -1007,6 +1007,35 @@ int ns_put_dir(struct ns *ns, size_t cat_idx, const char *path)
 	return err;
 }
 
+int ns_put_symlink(struct ns *ns, size_t cat_idx, const char *path)
+{
+	char dir[PATH_MAX];
+	const char *base;
+	struct ns_node *d, *l;
+	int err = 0;
+
+	if (cat_idx >= ns->cfg->n_categories || !path_is_clean_relative(path))
+		return -EINVAL;
+	base = split_path(path, dir, sizeof(dir));
+	if (!base || !*base)
+		return -EINVAL;
+	pthread_rwlock_wrlock(&ns->lock);
+	d = union_dir(ns, cat_idx, dir, &err);
+	if (d && !ns_child_find(ns, d, base)) {
+		l = ns_node_new(ns, base, NK_SYMLINK, NA_UNION, (int)cat_idx);
+		if (!l) {
+			err = -ENOMEM;
+		} else {
+			l->host = (int16_t)ns->self_host;
+			err = ns_node_attach(ns, d, l);
+			if (err < 0)
+				ns_node_maybe_free(ns, l);
+		}
+	}
+	pthread_rwlock_unlock(&ns->lock);
+	return err;
+}
+
 int ns_remove_dir(struct ns *ns, size_t cat_idx, const char *path)
 {
 	struct ns_inval iv = { 0 };

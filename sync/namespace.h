@@ -124,6 +124,8 @@ int ns_put_version(struct ns *ns, size_t host_idx, size_t cat_idx, const struct 
 int ns_remove_version(struct ns *ns, size_t host_idx, size_t cat_idx, const char *path);
 void ns_remove_host(struct ns *ns, size_t host_idx);
 int ns_put_dir(struct ns *ns, size_t cat_idx, const char *path);
+/* A symbolic link of this node's data dir (not published; served from the backing link). */
+int ns_put_symlink(struct ns *ns, size_t cat_idx, const char *path);
 int ns_remove_dir(struct ns *ns, size_t cat_idx, const char *path);
 
 /* Counts of nodes and files in the union tree (for status and the memory benchmark). */

@@ -512,6 +512,19 @@ def test_write_through_one_hard_link_is_read_through_the_other(node):
     assert read_bytes(node.local("games", "one.db")) == new
 
 
+def test_symlinks_survive_a_restart(node):
+    """A symlink is never published (it has no content of its own), but after a restart the
+    mount still shows it, like any other entry of the node's data dir."""
+    data = b"pointed at\n" * 10
+    node.path("games/t.db").write_bytes(data)
+    os.symlink("t.db", node.path("games/l.db"))
+    node.restart()
+    wait_until(lambda: "l.db" in os.listdir(node.path("games")), 10,
+               message="symlink listed after the restart")
+    assert os.readlink(node.path("games/l.db")) == "t.db"
+    assert read_bytes(node.path("games/l.db")) == data
+
+
 def test_symlinks(node):
     data = b"target bytes\n" * 50
     os.mkdir(node.path("games/sub"))
