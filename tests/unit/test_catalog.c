@@ -29,53 +29,12 @@
 
 #include "sync/log.h"
 #include "sync/util.h"
+#include "tests/unit/logcapture.h"
 #include "tests/unit/testutil.h"
 
 #define MIB ((uint64_t)1 << 20)
 
 static char tmpdir[] = "/tmp/meshfs-test-catalog-XXXXXX";
-
-/* ---- log capture ---- */
-
-static pthread_mutex_t cap_lock = PTHREAD_MUTEX_INITIALIZER;
-static char cap_buf[16384]; /* protected by cap_lock */
-
-static void capture_sink(int level, const char *line, void *arg)
-{
-	size_t used, len = strlen(line);
-
-	pthread_mutex_lock(&cap_lock);
-	used = strlen(cap_buf);
-	if (used + len + 2 > sizeof(cap_buf)) {
-		cap_buf[0] = '\0';
-		used = 0;
-	}
-	if (len + 2 <= sizeof(cap_buf)) {
-		memcpy(cap_buf + used, line, len);
-		cap_buf[used + len] = '\n';
-		cap_buf[used + len + 1] = '\0';
-	}
-	pthread_mutex_unlock(&cap_lock);
-}
-
-static void cap_reset(void)
-{
-	pthread_mutex_lock(&cap_lock);
-	cap_buf[0] = '\0';
-	pthread_mutex_unlock(&cap_lock);
-}
-
-static bool cap_has(const char *needle)
-{
-	bool found;
-
-	pthread_mutex_lock(&cap_lock);
-	found = strstr(cap_buf, needle) != NULL;
-	pthread_mutex_unlock(&cap_lock);
-	if (!found)
-		fprintf(stderr, "log has no \"%s\"; log was:\n%s", needle, cap_buf);
-	return found;
-}
 
 /* ---- helpers ---- */
 
