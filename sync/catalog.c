@@ -328,6 +328,13 @@ void catalog_unlock(struct catalog *cat)
 	pthread_mutex_unlock(&cat->lock);
 }
 
+int catalog_prepare(struct catalog *cat, const char *sql, sqlite3_stmt **out)
+{
+	int rc = sqlite3_prepare_v2(cat->db, sql, -1, out, NULL);
+
+	return rc == SQLITE_OK ? 0 : catalog_sql_fail(cat, rc, "prepare");
+}
+
 /* The cached statement @id, reset and unbound by the previous user. */
 static int stmt_get(struct catalog *cat, enum stmt_id id, sqlite3_stmt **out)
 {

@@ -80,13 +80,6 @@ static const char sql_meta_set[] =
 	"INSERT INTO meta (key, value) VALUES (?1, ?2) "
 	"ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
-static int prepare(struct catalog *cat, const char *sql, sqlite3_stmt **out)
-{
-	int rc = sqlite3_prepare_v2(cat->db, sql, -1, out, NULL);
-
-	return rc == SQLITE_OK ? 0 : catalog_sql_fail(cat, rc, "prepare");
-}
-
 /* Binds @len bytes (NULL for a NULL @b), copied; a no-op once *rc holds an error. */
 static void bind_blob(sqlite3_stmt *st, int i, const void *b, size_t len, int *rc)
 {
@@ -186,7 +179,7 @@ int catalog_local_foreach(struct catalog *cat, int (*fn)(void *arg, const struct
 	if (ret)
 		goto out;
 	locked = true;
-	ret = prepare(cat, sql_foreach, &st);
+	ret = catalog_prepare(cat, sql_foreach, &st);
 	if (ret)
 		goto out;
 	for (;;) {
@@ -234,7 +227,7 @@ int catalog_local_put(struct catalog *cat, const struct cat_local *l)
 	if (ret)
 		goto out;
 	locked = true;
-	ret = prepare(cat, sql_put, &st);
+	ret = catalog_prepare(cat, sql_put, &st);
 	if (ret)
 		goto out;
 	catalog_bind_text(st, 1, l->category, &rc);
@@ -270,7 +263,7 @@ int catalog_local_set_present(struct catalog *cat, const struct hash128 *hash,
 	if (ret)
 		goto out;
 	locked = true;
-	ret = prepare(cat, sql_set_present, &st);
+	ret = catalog_prepare(cat, sql_set_present, &st);
 	if (ret)
 		goto out;
 	catalog_bind_hash(st, 1, hash, &rc);
@@ -306,7 +299,7 @@ int catalog_local_set_chunks(struct catalog *cat, const struct hash128 *hash,
 	if (ret)
 		goto out;
 	locked = true;
-	ret = prepare(cat, sql_set_chunks, &st);
+	ret = catalog_prepare(cat, sql_set_chunks, &st);
 	if (ret)
 		goto out;
 	catalog_bind_hash(st, 1, hash, &rc);
@@ -332,7 +325,7 @@ int catalog_local_touch(struct catalog *cat, const struct hash128 *hash, int64_t
 	if (ret)
 		goto out;
 	locked = true;
-	ret = prepare(cat, sql_touch, &st);
+	ret = catalog_prepare(cat, sql_touch, &st);
 	if (ret)
 		goto out;
 	catalog_bind_hash(st, 1, hash, &rc);
@@ -352,7 +345,7 @@ static int run_key_stmt(struct catalog *cat, const char *sql, const char *catego
 	sqlite3_stmt *st = NULL;
 	int rc = SQLITE_OK, ret;
 
-	ret = prepare(cat, sql, &st);
+	ret = catalog_prepare(cat, sql, &st);
 	if (ret)
 		goto out;
 	if (category) {
@@ -383,7 +376,7 @@ int catalog_local_drop(struct catalog *cat, const struct hash128 *hash, const ch
 		goto out;
 	in_tx = true;
 	if (hash) {
-		ret = prepare(cat, sql_drop_hash, &st);
+		ret = catalog_prepare(cat, sql_drop_hash, &st);
 		if (ret)
 			goto out;
 		catalog_bind_hash(st, 1, hash, &rc);
@@ -431,7 +424,7 @@ int catalog_local_set_error(struct catalog *cat, const char *category, const cha
 	if (ret)
 		goto out;
 	in_tx = true;
-	ret = prepare(cat, sql_set_error, &st);
+	ret = catalog_prepare(cat, sql_set_error, &st);
 	if (ret)
 		goto out;
 	catalog_bind_text(st, 1, category, &rc);
@@ -494,7 +487,7 @@ int catalog_meta_set_durable(struct catalog *cat, const char *key, const char *v
 		goto out;
 	}
 	full = true;
-	ret = prepare(cat, sql_meta_set, &st);
+	ret = catalog_prepare(cat, sql_meta_set, &st);
 	if (ret)
 		goto out;
 	catalog_bind_text(st, 1, key, &rc);

@@ -33,6 +33,8 @@ struct catalog {
 int catalog_sqlite_to_errno(sqlite3 *db, int rc);
 /* Logs the failure of @what and returns it as -errno. */
 int catalog_sql_fail(struct catalog *cat, int rc, const char *what);
+/* Prepares @sql (not cached: the caller finalizes *out). 0 or -errno (logged). */
+int catalog_prepare(struct catalog *cat, const char *sql, sqlite3_stmt **out);
 /* Takes / releases cat->lock; -EDEADLK when called from inside a callback. */
 int catalog_lock(struct catalog *cat);
 void catalog_unlock(struct catalog *cat);

@@ -76,20 +76,13 @@ static const char sql_foreach_remote[] = "SELECT " CATALOG_ENTRY_COLS " FROM ent
 
 enum { ST_LIVE_CHUNKS, ST_LIVE_UPSERT, ST_DEL_CHUNKS, ST_DEL_MARK, ST_HOST_SET, ST_APPLY_COUNT };
 
-static int prepare(struct catalog *cat, const char *sql, sqlite3_stmt **out)
-{
-	int rc = sqlite3_prepare_v2(cat->db, sql, -1, out, NULL);
-
-	return rc == SQLITE_OK ? 0 : catalog_sql_fail(cat, rc, "prepare");
-}
-
 /* Binds ?1 = @host and steps @st to completion, for the one-parameter statements. */
 static int run_host_stmt(struct catalog *cat, const char *sql, const char *host)
 {
 	sqlite3_stmt *st = NULL;
 	int rc = SQLITE_OK, ret;
 
-	ret = prepare(cat, sql, &st);
+	ret = catalog_prepare(cat, sql, &st);
 	if (ret)
 		goto out;
 	catalog_bind_text(st, 1, host, &rc);
@@ -109,7 +102,7 @@ static int refuse_self(struct catalog *cat, const char *host, const char *what)
 	const char *self;
 	int rc, ret;
 
-	ret = prepare(cat, sql_self, &st);
+	ret = catalog_prepare(cat, sql_self, &st);
 	if (ret)
 		goto out;
 	rc = sqlite3_step(st);
@@ -142,7 +135,7 @@ int catalog_host_get(struct catalog *cat, const char *host, int64_t *last_seq,
 	if (ret)
 		goto out;
 	locked = true;
-	ret = prepare(cat, sql_host_get, &st);
+	ret = catalog_prepare(cat, sql_host_get, &st);
 	if (ret)
 		goto out;
 	catalog_bind_text(st, 1, host, &rc);
@@ -267,7 +260,7 @@ int catalog_apply_remote(struct catalog *cat, const char *host, const struct cat
 	if (ret)
 		goto out;
 	for (size_t i = 0; i < ST_APPLY_COUNT; i++) {
-		ret = prepare(cat, sql[i], &sts[i]);
+		ret = catalog_prepare(cat, sql[i], &sts[i]);
 		if (ret)
 			goto out;
 	}
@@ -352,7 +345,7 @@ int catalog_foreach_remote(struct catalog *cat, const char *self_host,
 	if (ret)
 		goto out;
 	locked = true;
-	ret = prepare(cat, sql_foreach_remote, &st);
+	ret = catalog_prepare(cat, sql_foreach_remote, &st);
 	if (ret)
 		goto out;
 	catalog_bind_text(st, 1, self_host, &rc);
