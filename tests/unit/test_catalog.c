@@ -30,6 +30,7 @@
 #include "sync/log.h"
 #include "sync/util.h"
 #include "tests/unit/logcapture.h"
+#include "tests/unit/rawsql.h"
 #include "tests/unit/testutil.h"
 
 #define MIB ((uint64_t)1 << 20)
@@ -59,24 +60,6 @@ static void raw_exec(const char *path, const char *sql)
 	}
 	sqlite3_free(err);
 	sqlite3_close(db);
-}
-
-/* The first column of the first row of @sql, or INT64_MIN on error. */
-static int64_t raw_int(const char *path, const char *sql)
-{
-	sqlite3_stmt *st = NULL;
-	sqlite3 *db = NULL;
-	int64_t v = INT64_MIN;
-
-	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
-	    sqlite3_step(st) == SQLITE_ROW)
-		v = sqlite3_column_int64(st, 0);
-	else
-		fprintf(stderr, "raw_int %s: %s\n", sql, sqlite3_errmsg(db));
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return v;
 }
 
 static char *raw_text(const char *path, const char *sql)

@@ -32,6 +32,7 @@
 #include "sync/log.h"
 #include "sync/util.h"
 #include "tests/unit/logcapture.h"
+#include "tests/unit/rawsql.h"
 #include "tests/unit/testutil.h"
 
 #define MS 1000000LL
@@ -631,23 +632,6 @@ static struct cat_entry tomb(const char *host, const char *category, const char 
 			       .deleted = true };
 
 	return e;
-}
-
-static int64_t raw_int(const char *path, const char *sql)
-{
-	sqlite3_stmt *st = NULL;
-	sqlite3 *db = NULL;
-	int64_t v = INT64_MIN;
-
-	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
-	    sqlite3_step(st) == SQLITE_ROW)
-		v = sqlite3_column_int64(st, 0);
-	else
-		fprintf(stderr, "raw_int %s: %s\n", sql, sqlite3_errmsg(db));
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	return v;
 }
 
 static int count_cb(void *arg, const struct cat_entry *e)
