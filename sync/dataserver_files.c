@@ -406,6 +406,23 @@ static int get_chunks(struct dataserver *s, size_t cat_idx, const char *path,
 	return ret;
 }
 
+/*
+ * Writes the ETag of version @hash into @etag, and answers 412 (in *ret) when the request's
+ * If-Match names another version. Returns true when it answered.
+ */
+static bool other_version(struct dataserver *s, struct request *rq, struct MHD_Connection *conn,
+			  const struct hash128 *hash, char etag[HASH_STR_LEN + 2],
+			  enum MHD_Result *ret)
+{
+	format_etag(hash, etag);
+	if (if_match_ok(conn, etag))
+		return false;
+	*ret = dataserver_respond_error(s, rq, conn, MHD_HTTP_PRECONDITION_FAILED,
+					"the path holds another version", MHD_HTTP_HEADER_ETAG,
+					etag);
+	return true;
+}
+
 enum MHD_Result dataserver_route_chunks(struct dataserver *s, struct request *rq,
 					struct MHD_Connection *conn, const char *raw)
 {
@@ -425,13 +442,8 @@ enum MHD_Result dataserver_route_chunks(struct dataserver *s, struct request *rq
 		ret = dataserver_respond_errno(s, rq, conn, err);
 		goto out;
 	}
-	format_etag(&e.hash, etag);
-	if (!if_match_ok(conn, etag)) {
-		ret = dataserver_respond_error(s, rq, conn, MHD_HTTP_PRECONDITION_FAILED,
-					       "the path holds another version",
-					       MHD_HTTP_HEADER_ETAG, etag);
+	if (other_version(s, rq, conn, &e.hash, etag, &ret))
 		goto out;
-	}
 	if (n != (e.size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE) {
 		log_msg(LOG_ERR, "data server: %s/%s: the catalog has %zu chunk hashes for %llu "
 			"bytes", cfg->categories[cat_idx].name, path, n,
@@ -488,13 +500,8 @@ enum MHD_Result dataserver_route_files(struct dataserver *s, struct request *rq,
 		ret = dataserver_respond_errno(s, rq, conn, err);
 		goto out;
 	}
-	format_etag(&e.hash, etag);
-	if (!if_match_ok(conn, etag)) {
-		ret = dataserver_respond_error(s, rq, conn, MHD_HTTP_PRECONDITION_FAILED,
-					       "the path holds another version",
-					       MHD_HTTP_HEADER_ETAG, etag);
+	if (other_version(s, rq, conn, &e.hash, etag, &ret))
 		goto out;
-	}
 	err = open_version(s, cat_idx, path, &e, &fd);
 	if (err < 0) {
 		ret = dataserver_respond_errno(s, rq, conn, err);
