@@ -523,12 +523,14 @@ static void reply_from_fd(fuse_req_t req, int fd, off_t off, size_t size)
 }
 
 /* A parked read is answered, on the fetch thread. */
-static void read_done(void *cookie, int err, int fd, uint64_t off, size_t len)
+static void read_done(void *cookie, int err, int fd, const void *buf, uint64_t off, size_t len)
 {
 	fuse_req_t req = cookie;
 
 	if (err < 0)
 		fuse_reply_err(req, EIO); /* the detail is in user.meshfs.last_error */
+	else if (buf)
+		fuse_reply_buf(req, buf, len);
 	else
 		reply_from_fd(req, fd, (off_t)off, len);
 }

@@ -1,10 +1,11 @@
 /*
  * meshfs — the one binary: `meshfs COMMAND ...` dispatches to the command's entry point.
- * mount lives in fs/mount.c; the commands that talk to a running daemon (status) or run
- * without FUSE (serve) are here, thin over sync/.
+ * mount lives in fs/mount.c; the commands that talk to a running daemon (status, sync,
+ * check) or run without FUSE (serve) are here, thin over sync/.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "sync/daemon.h"
 #include "sync/log.h"
 #include "sync/status.h"
+#include "sync/util.h"
 
 struct command {
 	const char *name;
@@ -219,6 +221,166 @@ static int sync_usage(void)
 	return 2;
 }
 
+#define SYNC_REQUEST_TIMEOUT_MS (120 * 1000) /* the daemon walks the namespace first */
+#define SYNC_POLL_MS 250
+#define SYNC_PLAIN_EVERY_NS (2 * 1000000000LL) /* not a TTY: a line at most this often */
+#define SYNC_PLAIN_QUIET_NS (10 * 1000000000LL) /* ... and at least this often */
+#define SYNC_WAIT_SLACK_S 60 /* past the daemon's own bound for the job */
+#define SYNC_RATE_SAMPLES 20 /* polls the rate is measured over (about 5 s) */
+
+static json_int_t jint(json_t *obj, const char *key)
+{
+	return json_integer_value(json_object_get(obj, key));
+}
+
+/* "1:05:09", "4:10" or "7 s". */
+static void print_duration(FILE *out, double seconds)
+{
+	long s = seconds > 0 ? (long)(seconds + 0.5) : 0;
+
+	if (s >= 3600)
+		fprintf(out, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+	else if (s >= 60)
+		fprintf(out, "%ld:%02ld", s / 60, s % 60);
+	else
+		fprintf(out, "%ld s", s);
+}
+
+/* One progress line (no newline): files done/total, bytes done/total, rate, ETA. */
+static void print_sync_progress(FILE *out, const char *what, json_t *p, double rate)
+{
+	json_int_t bytes = jint(p, "bytes"), fetched = jint(p, "fetched_bytes");
+
+	fprintf(out, "sync %s: %lld/%lld files, ", what,
+		(long long)(jint(p, "verified_files") + jint(p, "failures")),
+		(long long)jint(p, "files"));
+	print_bytes(out, fetched);
+	fprintf(out, "/");
+	print_bytes(out, bytes);
+	if (rate > 0) {
+		fprintf(out, ", ");
+		print_bytes(out, (json_int_t)rate);
+		fprintf(out, "/s, ETA ");
+		print_duration(out, (double)(bytes - fetched) / rate);
+	}
+	if (jint(p, "failures"))
+		fprintf(out, ", %lld failed", (long long)jint(p, "failures"));
+}
+
+/* Bytes per second over the last few seconds of samples (chunks land 4 MiB at a time). */
+struct sync_rate {
+	int64_t t[SYNC_RATE_SAMPLES];
+	json_int_t bytes[SYNC_RATE_SAMPLES];
+	size_t n, next;
+};
+
+static double sync_rate_add(struct sync_rate *sr, int64_t t, json_int_t bytes)
+{
+	size_t oldest;
+
+	sr->t[sr->next] = t;
+	sr->bytes[sr->next] = bytes;
+	sr->next = (sr->next + 1) % SYNC_RATE_SAMPLES;
+	if (sr->n < SYNC_RATE_SAMPLES)
+		sr->n++;
+	oldest = sr->n < SYNC_RATE_SAMPLES ? 0 : sr->next;
+	if (sr->n < 2 || t <= sr->t[oldest])
+		return 0;
+	return (double)(bytes - sr->bytes[oldest]) * 1e9 / (double)(t - sr->t[oldest]);
+}
+
+/*
+ * Polls the daemon about sync job *resp until it is finished, showing progress on stdout (one
+ * line redrawn ~4 times a second on a TTY, a plain line every few seconds otherwise). On
+ * return *resp is the last answer. 0 when the job finished, -1 (reason printed) otherwise.
+ * The wait is bounded by the job's own bound (deadline_s, after which the daemon fails what
+ * is left) plus SYNC_WAIT_SLACK_S.
+ */
+static int sync_wait(const struct mfs_config *cfg, const char *what, json_t **resp)
+{
+	bool tty = isatty(STDOUT_FILENO);
+	json_int_t job = jint(*resp, "job"), line_done = -1;
+	int64_t start = mono_ns(), last_line = start;
+	int64_t bound_ns = (int64_t)(jint(*resp, "deadline_s") + SYNC_WAIT_SLACK_S) * 1000000000;
+	struct sync_rate sr = { 0 };
+	int ret = -1;
+
+	sync_rate_add(&sr, start, jint(*resp, "fetched_bytes"));
+	for (;;) {
+		json_t *req, *next = NULL;
+		json_int_t done;
+		double rate;
+		int64_t now;
+		int r;
+
+		poll(NULL, 0, SYNC_POLL_MS);
+		req = json_pack("{s:s, s:I}", "cmd", "sync_progress", "job", job);
+		r = req ? control_request(cfg->state_dir, req, &next) : -ENOMEM;
+		json_decref(req);
+		if (tty)
+			printf("\r\033[K"); /* errors and the summary start on a clean line */
+		if (r < 0) {
+			fflush(stdout);
+			fprintf(stderr, "meshfs sync: lost the daemon of node %s while waiting "
+				"(socket %s/control.sock: %s)\n", cfg->node, cfg->state_dir,
+				strerror(-r));
+			break;
+		}
+		json_decref(*resp);
+		*resp = next;
+		if (json_object_get(next, "error")) {
+			fflush(stdout);
+			fprintf(stderr, "meshfs sync: %s\n",
+				json_string_value(json_object_get(next, "error")));
+			break;
+		}
+		if (json_is_true(json_object_get(next, "finished"))) {
+			ret = 0;
+			break;
+		}
+		now = mono_ns();
+		rate = sync_rate_add(&sr, now, jint(next, "fetched_bytes"));
+		done = jint(next, "fetched_bytes") + jint(next, "verified_files") +
+		       jint(next, "failures");
+		if (tty) {
+			print_sync_progress(stdout, what, next, rate);
+		} else if (now - last_line >= SYNC_PLAIN_EVERY_NS &&
+			   (done != line_done || now - last_line >= SYNC_PLAIN_QUIET_NS)) {
+			print_sync_progress(stdout, what, next, rate);
+			printf("\n");
+			last_line = now;
+			line_done = done;
+		}
+		fflush(stdout);
+		if (now - start > bound_ns) {
+			fprintf(stderr, "meshfs sync: gave up waiting after %lld s; the daemon goes "
+				"on fetching\n", (long long)((now - start) / 1000000000));
+			break;
+		}
+	}
+	fflush(stdout);
+	return ret;
+}
+
+static void print_sync_failures(json_t *resp)
+{
+	json_t *failed = json_object_get(resp, "failed");
+	json_int_t n = jint(resp, "failures");
+	size_t i;
+
+	for (i = 0; i < json_array_size(failed); i++) {
+		json_t *f = json_array_get(failed, i);
+		const char *host = json_string_value(json_object_get(f, "host"));
+
+		printf("FAILED %s", json_string_value(json_object_get(f, "path")));
+		if (host && *host)
+			printf(" (from %s)", host);
+		printf(": %s\n", json_string_value(json_object_get(f, "error")));
+	}
+	if ((json_int_t)i < n)
+		printf("... and %lld more failed files\n", (long long)(n - (json_int_t)i));
+}
+
 static int sync_main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -230,9 +392,9 @@ static int sync_main(int argc, char **argv)
 		{ "no-wait", no_argument, NULL, 'w' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *cfg_path = NULL, *board = NULL, *prio = "high", *host = NULL, *what = "all";
+	const char *cfg_path = NULL, *board = NULL, *prio = "normal", *host = NULL, *what = "all";
 	struct mfs_config *cfg = NULL;
-	json_t *req = NULL, *resp = NULL, *failed;
+	json_t *req = NULL, *resp = NULL;
 	bool no_wait = false;
 	long players = 0;
 	char *end;
@@ -303,7 +465,8 @@ static int sync_main(int argc, char **argv)
 		json_object_set_new(req, "num_players", json_integer(players));
 	if (req && host)
 		json_object_set_new(req, "host", json_string(host));
-	r = req ? control_request(cfg->state_dir, req, &resp) : -ENOMEM;
+	r = req ? control_request_timeout(cfg->state_dir, req, &resp, SYNC_REQUEST_TIMEOUT_MS)
+		: -ENOMEM;
 	if (r < 0) {
 		fprintf(stderr, "meshfs sync: no meshfs daemon answers for node %s "
 			"(socket %s/control.sock: %s)\n", cfg->node, cfg->state_dir, strerror(-r));
@@ -312,27 +475,32 @@ static int sync_main(int argc, char **argv)
 	if (json_object_get(resp, "error")) {
 		fprintf(stderr, "meshfs sync: %s\n",
 			json_string_value(json_object_get(resp, "error")));
+		ret = json_is_true(json_object_get(resp, "usage")) ? 2 : 1;
 		goto out;
 	}
 	if (no_wait) {
-		printf("sync %s: requested\n", what);
-		ret = 0;
+		if (jint(resp, "queued_files")) {
+			printf("sync %s: %lld %s (", what, (long long)jint(resp, "queued_files"),
+			       jint(resp, "queued_files") == 1 ? "file" : "files");
+			print_bytes(stdout, jint(resp, "queued_bytes"));
+			printf(") queued for fetching at %s priority; ", prio);
+		} else {
+			printf("sync %s: nothing to fetch; ", what);
+		}
+		printf("%lld of %lld files local and verified\n",
+		       (long long)jint(resp, "verified_files"), (long long)jint(resp, "files"));
+		print_sync_failures(resp);
+		ret = jint(resp, "failures") > 0 ? 1 : 0;
 		goto out;
 	}
+	if (!json_is_true(json_object_get(resp, "finished")) && sync_wait(cfg, what, &resp) < 0)
+		goto out;
 	printf("sync %s: %lld of %lld files local and verified (", what,
-	       (long long)json_integer_value(json_object_get(resp, "verified_files")),
-	       (long long)json_integer_value(json_object_get(resp, "files")));
-	print_bytes(stdout, json_integer_value(json_object_get(resp, "verified_bytes")));
+	       (long long)jint(resp, "verified_files"), (long long)jint(resp, "files"));
+	print_bytes(stdout, jint(resp, "verified_bytes"));
 	printf(")\n");
-	failed = json_object_get(resp, "failed");
-	for (i = 0; i < json_array_size(failed); i++) {
-		json_t *f = json_array_get(failed, i);
-
-		printf("FAILED %s (from %s): %s\n", json_string_value(json_object_get(f, "path")),
-		       json_string_value(json_object_get(f, "host")),
-		       json_string_value(json_object_get(f, "error")));
-	}
-	ret = json_integer_value(json_object_get(resp, "failures")) > 0 ? 1 : 0;
+	print_sync_failures(resp);
+	ret = jint(resp, "failures") > 0 ? 1 : 0;
 out:
 	json_decref(req);
 	json_decref(resp);

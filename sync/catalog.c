@@ -132,6 +132,15 @@ static const char schema_v3[] =
 	"CREATE INDEX local_hash ON local (hash);";
 
 /*
+ * Version 4: a chunk of more than one 64 KiB block keeps its block hashes (16 bytes each,
+ * hash_to_bytes form, in block order), so the data server can vouch for a few blocks and a
+ * reader need not wait for the whole chunk. NULL: not known (published before version 4, or a
+ * chunk of one block, whose block hash is the chunk hash).
+ */
+static const char schema_v4[] =
+	"ALTER TABLE chunks ADD COLUMN blocks BLOB;";
+
+/*
  * Connection-private, created by catalog_open after the migrations (see the file header).
  * entry_totals_state holds the data_version the totals were counted at; no row: never counted.
  */
@@ -169,6 +178,7 @@ static const struct migration migrations[] = {
 	{ 1, schema_v1 },
 	{ 2, schema_v2 },
 	{ 3, schema_v3 },
+	{ 4, schema_v4 },
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == CATALOG_SCHEMA_VERSION,
@@ -226,7 +236,8 @@ static const char *const stmt_sql[ST_COUNT] = {
 		"ctime_ns = excluded.ctime_ns, confirmed_at = excluded.confirmed_at "
 		"RETURNING id",
 	[ST_CHUNKS_CLEAR] = "DELETE FROM chunks WHERE entry_id = ?1",
-	[ST_CHUNK_INSERT] = "INSERT INTO chunks (entry_id, idx, hash) VALUES (?1, ?2, ?3)",
+	[ST_CHUNK_INSERT] = "INSERT INTO chunks (entry_id, idx, hash, blocks) "
+			    "VALUES (?1, ?2, ?3, ?4)",
 	[ST_ENTRY_LIVE_ID] = "SELECT id FROM entries "
 			     "WHERE host = ?1 AND category = ?2 AND path = ?3 AND deleted = 0",
 	[ST_ENTRY_MARK_DELETED] = "UPDATE entries SET deleted = 1, seq = ?2 WHERE id = ?1",
@@ -562,18 +573,39 @@ out:
 	return ret;
 }
 
-static int insert_chunks(struct catalog *cat, int64_t id, const struct hash128 *chunks, size_t n)
+/* Binds the block hashes of chunk @i of @p (NULL when it has one block or none are known). */
+static void bind_chunk_blocks(sqlite3_stmt *st, int col, const struct cat_publish *p, size_t i,
+			      uint8_t *scratch, int *rc)
 {
+	size_t first = i * HASH_BLOCKS_PER_CHUNK, n;
+
+	if (*rc != SQLITE_OK)
+		return;
+	n = p->n_blocks - first < HASH_BLOCKS_PER_CHUNK ? p->n_blocks - first
+							: HASH_BLOCKS_PER_CHUNK;
+	if (!p->blocks || n < 2) {
+		*rc = sqlite3_bind_null(st, col);
+		return;
+	}
+	for (size_t b = 0; b < n; b++)
+		hash_to_bytes(&p->blocks[first + b], scratch + 16 * b);
+	*rc = sqlite3_bind_blob(st, col, scratch, (int)(16 * n), SQLITE_TRANSIENT);
+}
+
+static int insert_chunks(struct catalog *cat, int64_t id, const struct cat_publish *p)
+{
+	uint8_t scratch[16 * HASH_BLOCKS_PER_CHUNK];
 	sqlite3_stmt *st = NULL;
 	int ret;
 
 	ret = stmt_get(cat, ST_CHUNK_INSERT, &st);
-	for (size_t i = 0; ret == 0 && i < n; i++) {
+	for (size_t i = 0; ret == 0 && i < p->n_chunks; i++) {
 		int rc = SQLITE_OK;
 
 		catalog_bind_int(st, 1, id, &rc);
 		catalog_bind_int(st, 2, (int64_t)i, &rc);
-		catalog_bind_hash(st, 3, &chunks[i], &rc);
+		catalog_bind_hash(st, 3, &p->chunks[i], &rc);
+		bind_chunk_blocks(st, 4, p, i, scratch, &rc);
 		ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
 		sqlite3_reset(st);
 	}
@@ -581,12 +613,20 @@ static int insert_chunks(struct catalog *cat, int64_t id, const struct hash128 *
 	return ret;
 }
 
-/* Whether catalog_publish_local() takes @e with @chunks; logs why not. */
-static bool publish_valid(struct catalog *cat, const struct cat_entry *e,
-			  const struct hash128 *chunks, size_t n_chunks)
+/* Whether catalog_publish_local_batch() takes @p; logs why not. */
+static bool publish_valid(struct catalog *cat, const struct cat_publish *p)
 {
+	const struct cat_entry *e = &p->e;
+	size_t n_chunks = p->n_chunks;
+	const struct hash128 *chunks = p->chunks;
+
 	if (!catalog_valid_key(e->host, e->category, e->path) || e->size > INT64_MAX)
 		return false;
+	if (p->blocks && p->n_blocks != (e->size + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE) {
+		log_msg(LOG_ERR, "catalog %s: %s/%s: %zu block hashes for %llu bytes", cat->path,
+			e->category, e->path, p->n_blocks, (unsigned long long)e->size);
+		return false;
+	}
 	/* The chunk list is served as the file's; it has to cover exactly its bytes. */
 	if (n_chunks != (e->size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE ||
 	    (n_chunks && !chunks)) {
@@ -598,9 +638,9 @@ static bool publish_valid(struct catalog *cat, const struct cat_entry *e,
 }
 
 /* Records one publication inside the caller's transaction; its seq goes to *seq. */
-static int publish_one(struct catalog *cat, const struct cat_entry *e,
-		       const struct hash128 *chunks, size_t n_chunks, int64_t *seq)
+static int publish_one(struct catalog *cat, const struct cat_publish *p, int64_t *seq)
 {
+	const struct cat_entry *e = &p->e;
 	/* Publishing is the origin vouching for its file right now. */
 	int64_t confirmed_at = e->confirmed_at ? e->confirmed_at : now_s(), id = 0;
 	int ret;
@@ -614,7 +654,7 @@ static int publish_one(struct catalog *cat, const struct cat_entry *e,
 	ret = clear_chunks(cat, id);
 	if (ret)
 		goto out;
-	ret = insert_chunks(cat, id, chunks, n_chunks);
+	ret = insert_chunks(cat, id, p);
 out:
 	return ret;
 }
@@ -627,7 +667,7 @@ int catalog_publish_local_batch(struct catalog *cat, struct cat_publish *pubs, s
 	if (!pubs && n)
 		goto out;
 	for (size_t i = 0; i < n; i++)
-		if (!publish_valid(cat, &pubs[i].e, pubs[i].chunks, pubs[i].n_chunks))
+		if (!publish_valid(cat, &pubs[i]))
 			goto out;
 	ret = 0;
 	if (!n)
@@ -641,8 +681,7 @@ int catalog_publish_local_batch(struct catalog *cat, struct cat_publish *pubs, s
 		goto out;
 	in_tx = true;
 	for (size_t i = 0; i < n && ret == 0; i++)
-		ret = publish_one(cat, &pubs[i].e, pubs[i].chunks, pubs[i].n_chunks,
-				  &pubs[i].seq);
+		ret = publish_one(cat, &pubs[i], &pubs[i].seq);
 	if (ret)
 		goto out;
 	ret = catalog_tx_commit(cat);
@@ -1526,6 +1565,7 @@ void catalog_close(struct catalog *cat)
 		return;
 	for (size_t i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(cat->stmts[i]);
+	sqlite3_finalize(cat->blocks_stmt);
 	rc = sqlite3_close(cat->db);
 	if (rc != SQLITE_OK)
 		log_msg(LOG_ERR, "catalog %s: close: %s", cat->path, sqlite3_errstr(rc));

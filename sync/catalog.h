@@ -26,7 +26,7 @@
 
 #include "sync/hash.h"
 
-#define CATALOG_SCHEMA_VERSION 3
+#define CATALOG_SCHEMA_VERSION 4
 
 struct catalog;
 
@@ -74,6 +74,8 @@ struct cat_publish {
 	struct cat_entry e;
 	const struct hash128 *chunks;
 	size_t n_chunks;
+	const struct hash128 *blocks;	/* NULL: not known; else ceil(size / HASH_BLOCK_SIZE) */
+	size_t n_blocks;
 	int64_t seq;		/* out */
 };
 
@@ -117,6 +119,33 @@ int catalog_changes(struct catalog *cat, const char *host, int64_t since,
 /* The chunk hashes of @host's entry: a new array in *out (free()), its length in *n. */
 int catalog_get_chunks(struct catalog *cat, const char *host, const char *category,
 		       const char *path, struct hash128 **out, size_t *n);
+
+/*
+ * The hashes of blocks [@first, @first + @n) (HASH_BLOCK_SIZE each) of @host's live entry
+ * (category, path), provided its version is still @version, into @out. One statement, so they
+ * belong to that version. Returns 0, -ENOENT (no such live version, or the blocks pass its
+ * end), -ENODATA (its block hashes were not recorded), or -errno.
+ */
+int catalog_get_blocks(struct catalog *cat, const char *host, const char *category,
+		       const char *path, const struct hash128 *version, uint64_t first, size_t n,
+		       struct hash128 *out);
+
+/*
+ * Lists this node's complete copy of another host's version in this node's manifest (see
+ * catalog_replicas.c): @e->host is this node, @e->origin the producer, @chunks its chunk
+ * hashes. Takes the next seq (in *seq). Returns 0, -EEXIST when this node has its own file at
+ * that path (its own data wins), -EINVAL, or -errno.
+ */
+int catalog_publish_replica(struct catalog *cat, const struct cat_entry *e,
+			    const struct hash128 *chunks, size_t n_chunks, int64_t *seq);
+
+/*
+ * Withdraws the replica entry (@host = this node, category, path) of version @hash with the
+ * next seq (in *seq). Returns 0, -ENOENT when there is no such live replica (own data is never
+ * touched), or -errno.
+ */
+int catalog_drop_replica(struct catalog *cat, const char *host, const char *category,
+			 const char *path, const struct hash128 *hash, int64_t *seq);
 
 /* The highest seq handed out for @host (0 if none). */
 int catalog_max_seq(struct catalog *cat, const char *host, int64_t *seq);

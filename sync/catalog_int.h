@@ -26,6 +26,8 @@ struct catalog {
 	sqlite3 *db;			/* protected by lock */
 	int version;			/* set by catalog_open, read-only afterwards */
 	char *path;			/* read-only, for messages */
+	sqlite3_stmt *blocks_stmt;	/* catalog_blocks.c's, kept: it is on a reader's path;
+					 * protected by lock */
 	sqlite3_stmt *stmts[];		/* catalog.c's prepared statements; protected by lock */
 };
 
@@ -56,6 +58,14 @@ int catalog_row_to_entry(sqlite3_stmt *st, struct cat_entry *e);
  * first non-zero return of @fn and returns it, or -errno (logged). */
 int catalog_walk(struct catalog *cat, sqlite3_stmt *st,
 		 int (*fn)(void *arg, const struct cat_entry *e), void *arg);
+/*
+ * The upsert of an entry whose origin is not this node's own data dir (another host's entry,
+ * or this node's replica of one), "RETURNING id"; catalog_bind_foreign_row binds @e with @seq
+ * and @confirmed_at. The row keeps its id (its chunks stay its own). In catalog_peers.c.
+ */
+extern const char catalog_sql_foreign_upsert[];
+void catalog_bind_foreign_row(sqlite3_stmt *st, const struct cat_entry *e, int64_t seq,
+			      int64_t confirmed_at, int *rc);
 /* The next seq of @host, inside the caller's transaction. */
 int catalog_next_seq(struct catalog *cat, const char *host, int64_t *seq);
 

@@ -43,13 +43,27 @@ static const char sql_live_chunks_clear[] =
 	"WHERE host = ?1 AND category = ?2 AND path = ?3 "
 	"AND (deleted != 0 OR size != ?4 OR hash != ?5))";
 
-static const char sql_live_upsert[] =
+const char catalog_sql_foreign_upsert[] =
 	"INSERT INTO entries (host, category, path, size, mtime_ns, hash, origin, seq, deleted, "
 	"dev, ino, ctime_ns, confirmed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, 0, 0, ?9) "
 	"ON CONFLICT (host, category, path) DO UPDATE SET size = excluded.size, "
 	"mtime_ns = excluded.mtime_ns, hash = excluded.hash, origin = excluded.origin, "
 	"seq = excluded.seq, deleted = 0, dev = 0, ino = 0, ctime_ns = 0, "
-	"confirmed_at = excluded.confirmed_at";
+	"confirmed_at = excluded.confirmed_at RETURNING id";
+
+void catalog_bind_foreign_row(sqlite3_stmt *st, const struct cat_entry *e, int64_t seq,
+			      int64_t confirmed_at, int *rc)
+{
+	catalog_bind_text(st, 1, e->host, rc);
+	catalog_bind_text(st, 2, e->category, rc);
+	catalog_bind_text(st, 3, e->path, rc);
+	catalog_bind_int(st, 4, (int64_t)e->size, rc);
+	catalog_bind_int(st, 5, e->mtime_ns, rc);
+	catalog_bind_hash(st, 6, &e->hash, rc);
+	catalog_bind_text(st, 7, e->origin, rc);
+	catalog_bind_int(st, 8, seq, rc);
+	catalog_bind_int(st, 9, confirmed_at, rc);
+}
 
 static const char sql_del_chunks_clear[] =
 	"DELETE FROM chunks WHERE entry_id = (SELECT id FROM entries "
@@ -187,15 +201,7 @@ static int apply_live(struct catalog *cat, sqlite3_stmt **sts, const struct cat_
 		goto out;
 
 	st = sts[ST_LIVE_UPSERT];
-	catalog_bind_text(st, 1, e->host, &rc);
-	catalog_bind_text(st, 2, e->category, &rc);
-	catalog_bind_text(st, 3, e->path, &rc);
-	catalog_bind_int(st, 4, (int64_t)e->size, &rc);
-	catalog_bind_int(st, 5, e->mtime_ns, &rc);
-	catalog_bind_hash(st, 6, &e->hash, &rc);
-	catalog_bind_text(st, 7, e->origin, &rc);
-	catalog_bind_int(st, 8, e->seq, &rc);
-	catalog_bind_int(st, 9, seen, &rc);
+	catalog_bind_foreign_row(st, e, e->seq, seen, &rc);
 	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
 	sqlite3_reset(st);
 out:
@@ -233,7 +239,7 @@ int catalog_apply_remote(struct catalog *cat, const char *host, const struct cat
 {
 	static const char *const sql[ST_APPLY_COUNT] = {
 		[ST_LIVE_CHUNKS] = sql_live_chunks_clear,
-		[ST_LIVE_UPSERT] = sql_live_upsert,
+		[ST_LIVE_UPSERT] = catalog_sql_foreign_upsert,
 		[ST_DEL_CHUNKS] = sql_del_chunks_clear,
 		[ST_DEL_MARK] = sql_del_mark,
 		[ST_HOST_SET] = sql_host_set,

@@ -11,10 +11,15 @@
  * the thread itself, from in-memory snapshots plus a few catalog queries; the thread holds no
  * lock of its own. control_stop() writes to the pipe and never waits for a client.
  *
+ * `sync` and `sync_progress` are the facade's (facade.c): `sync` walks the namespace here and
+ * hands a job to the facade's own worker thread, which this module starts and stops with the
+ * socket; `sync_progress` only reads that job's counts.
+ *
  * Permissions: the socket is made 0666 (umask notwithstanding) because `meshfs status` is
- * meant to work for every user of the machine and the commands served today only report
- * state. Revisit this (0660 + a group, or SO_PEERCRED checks) when commands that change
- * anything (sync, evict) are added here.
+ * meant to work for every user of the machine. The one command that changes anything, `sync`,
+ * only queues fetches of cluster data into the cache, which any user of the mount can cause
+ * by reading the files. Revisit this (0660 + a group, or SO_PEERCRED checks) when commands
+ * that change more (evict, pin) are added here.
  *
  * The stale socket of a daemon that died is removed before bind: the state-dir lock
  * (daemon_lock_state_dir) is held by then, so no live daemon can own it. A path that exists
@@ -56,6 +61,7 @@
 
 struct control {
 	struct daemon *d;
+	struct facade *facade;	/* meshfs sync jobs and their worker */
 	char *sock_path;
 	int listen_fd;
 	int stop_pipe[2];	/* [0] polled by the thread, [1] written by control_stop */
@@ -148,14 +154,24 @@ static int dump_line(json_t *j, char **out, size_t *len)
 
 /* ---- server ---- */
 
-static json_t *cmd_status(struct daemon *d, json_t *req)
+static json_t *cmd_status(struct control *c, json_t *req)
 {
-	return status_report(d);
+	return status_report(c->d);
 }
 
-static json_t *cmd_health(struct daemon *d, json_t *req)
+static json_t *cmd_health(struct control *c, json_t *req)
 {
-	return status_health(d);
+	return status_health(c->d);
+}
+
+static json_t *cmd_sync(struct control *c, json_t *req)
+{
+	return facade_sync(c->facade, req);
+}
+
+static json_t *cmd_sync_progress(struct control *c, json_t *req)
+{
+	return facade_progress(c->facade, req);
 }
 
 static void check_report(void *arg, const char *category, const char *path, const char *what)
@@ -165,8 +181,9 @@ static void check_report(void *arg, const char *category, const char *path, cons
 }
 
 /* meshfs check: re-verifies the cache; bad chunks are marked absent (quarantined) and listed. */
-static json_t *cmd_check(struct daemon *d, json_t *req)
+static json_t *cmd_check(struct control *c, json_t *req)
 {
+	struct daemon *d = c->d;
 	json_t *bad = json_array();
 	int n;
 
@@ -182,12 +199,13 @@ static json_t *cmd_check(struct daemon *d, json_t *req)
 
 static const struct {
 	const char *name;
-	json_t *(*fn)(struct daemon *d, json_t *req);
+	json_t *(*fn)(struct control *c, json_t *req);
 } ctl_cmds[] = {
 	{ "check", cmd_check },
 	{ "status", cmd_status },
 	{ "health", cmd_health },
-	{ "sync", facade_sync },
+	{ "sync", cmd_sync },
+	{ "sync_progress", cmd_sync_progress },
 };
 
 static json_t *error_reply(const char *fmt, const char *arg)
@@ -196,7 +214,7 @@ static json_t *error_reply(const char *fmt, const char *arg)
 }
 
 /* The answer to the request text @text (never NULL unless memory runs out). */
-static json_t *dispatch(struct daemon *d, const char *text, size_t len)
+static json_t *dispatch(struct control *c, const char *text, size_t len)
 {
 	json_error_t jerr;
 	json_t *req = json_loadb(text, len, 0, &jerr);
@@ -221,7 +239,7 @@ static json_t *dispatch(struct daemon *d, const char *text, size_t len)
 		resp = json_pack("{s:s++}", "error", "unknown command '", cmd, "'");
 		goto out;
 	}
-	resp = ctl_cmds[i].fn(d, req);
+	resp = ctl_cmds[i].fn(c, req);
 	if (!resp)
 		resp = error_reply("internal error: cannot build the answer", NULL);
 out:
@@ -257,7 +275,7 @@ static int conn_answer(struct control *c, struct ctl_conn *cn, bool too_long)
 	if (too_long)
 		resp = error_reply("bad request: longer than 64 KiB", NULL);
 	else
-		resp = dispatch(c->d, cn->in.data ? cn->in.data : "", cn->in.len);
+		resp = dispatch(c, cn->in.data ? cn->in.data : "", cn->in.len);
 	ret = resp ? dump_line(resp, &cn->out, &cn->out_len) : -ENOMEM;
 	json_decref(resp);
 	if (ret < 0)
@@ -428,8 +446,8 @@ out:
 
 /*
  * Binds <state_dir>/control.sock (replacing a stale socket), makes it 0666 and starts the
- * "meshfs-ctl" thread. Returns 0 and *out (release with control_stop), or -errno with the
- * reason logged; nothing is left behind on failure.
+ * facade's "meshfs-sync" worker and the "meshfs-ctl" thread. Returns 0 and *out (release with
+ * control_stop), or -errno with the reason logged; nothing is left behind on failure.
  */
 int control_start(struct daemon *d, struct control **out)
 {
@@ -484,6 +502,9 @@ int control_start(struct daemon *d, struct control **out)
 		log_msg(LOG_ERR, "control: pipe: %s", strerror(errno));
 		goto out;
 	}
+	ret = facade_start(d, &c->facade);
+	if (ret < 0)
+		goto out;
 	ret = -pthread_create(&c->thread, NULL, ctl_thread, c);
 	if (ret < 0) {
 		log_msg(LOG_ERR, "control: cannot start thread: %s", strerror(-ret));
@@ -503,8 +524,9 @@ out:
 }
 
 /*
- * Stops the thread (an in-progress connection is abandoned), closes the socket and removes
- * its file if it is still the one we bound. @c may be NULL or half set up.
+ * Stops the thread (an in-progress connection is abandoned) and then the facade's sync worker
+ * (queued fetches stay queued), closes the socket and removes its file if it is still the one
+ * we bound. @c may be NULL or half set up.
  */
 void control_stop(struct control *c)
 {
@@ -518,6 +540,8 @@ void control_stop(struct control *c)
 				strerror(errno));
 		pthread_join(c->thread, NULL);
 	}
+	/* After the control thread: no request can reach the facade any more. */
+	facade_stop(c->facade);
 	if (c->listen_fd >= 0) {
 		close(c->listen_fd);
 		if (c->sock_ino && lstat(c->sock_path, &st) == 0 && st.st_dev == c->sock_dev &&
@@ -530,6 +554,16 @@ void control_stop(struct control *c)
 		close(c->stop_pipe[1]);
 	free(c->sock_path);
 	free(c);
+}
+
+/*
+ * Stops the facade's sync worker, which drives the fetcher: called before the fetcher stops.
+ * `sync` requests get an error from then on; the socket keeps serving the rest.
+ */
+void control_stop_sync(struct control *c)
+{
+	if (c)
+		facade_quiesce(c->facade);
 }
 
 /* ---- client ---- */

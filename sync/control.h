@@ -18,6 +18,10 @@ struct daemon;
 int control_start(struct daemon *d, struct control **out);
 void control_stop(struct control *c);
 
+/* Stops the `meshfs sync` worker (it drives the fetcher) while the socket keeps serving the
+ * other commands; daemon_stop_fetch() must call it before fetch_stop(). @c may be NULL. */
+void control_stop_sync(struct control *c);
+
 /*
  * Sends @req to the daemon whose state dir is @state_dir and returns its answer in *resp
  * (json_decref it). -ECONNREFUSED/-ENOENT when no daemon listens (the caller prints

@@ -15,6 +15,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include "sync/autosync.h"
 #include "sync/cache.h"
 #include "sync/control.h"
 #include "sync/dataserver.h"
@@ -65,6 +66,12 @@ static const struct ns_hooks daemon_ns_hooks = {
 	.invalidate = hook_invalidate,
 };
 
+/* AutoSync starts after the peers thread, which may already be calling these. */
+static struct autosync *autosync_of(struct daemon *d)
+{
+	return __atomic_load_n(&d->autosync, __ATOMIC_ACQUIRE);
+}
+
 /* ---- indexer -> namespace ---- */
 
 static void ix_published(void *arg, size_t cat, const struct cat_entry *e)
@@ -77,6 +84,7 @@ static void ix_published(void *arg, size_t cat, const struct cat_entry *e)
 			d->cfg->categories[cat].name, e->path, strerror(-ret));
 	if (d->peers)
 		peers_announce(d->peers, e->seq);
+	autosync_kick(autosync_of(d));
 }
 
 static void ix_deleted(void *arg, size_t cat, const char *path)
@@ -87,6 +95,7 @@ static void ix_deleted(void *arg, size_t cat, const char *path)
 	ns_remove_file(d->ns, cat, path);
 	if (d->peers && catalog_max_seq(d->catalog, d->cfg->node, &seq) == 0)
 		peers_announce(d->peers, seq);
+	autosync_kick(autosync_of(d));
 }
 
 static void ix_dir_seen(void *arg, size_t cat, const char *path)
@@ -105,11 +114,13 @@ static void ix_dir_gone(void *arg, size_t cat, const char *path)
 
 /* ---- peers -> namespace ---- */
 
+
 static void peer_put(void *arg, size_t host, size_t cat, const struct cat_entry *e)
 {
 	struct daemon *d = arg;
 	int ret = ns_put_version(d->ns, host, cat, e);
 
+	autosync_kick(autosync_of(d));
 	if (ret < 0)
 		log_msg(LOG_WARNING, "namespace: cannot show %s/%s of %s: %s",
 			d->cfg->categories[cat].name, e->path, d->cfg->hosts[host].name,
@@ -121,6 +132,7 @@ static void peer_delete(void *arg, size_t host, size_t cat, const char *path)
 	struct daemon *d = arg;
 
 	ns_remove_version(d->ns, host, cat, path);
+	autosync_kick(autosync_of(d));
 }
 
 static void peer_reset(void *arg, size_t host)
@@ -128,6 +140,7 @@ static void peer_reset(void *arg, size_t host)
 	struct daemon *d = arg;
 
 	ns_remove_host(d->ns, host);
+	autosync_kick(autosync_of(d));
 }
 
 static const struct peers_ops daemon_peers_ops = {
@@ -289,6 +302,17 @@ int daemon_start(const struct mfs_config *cfg, int lock_fd, struct daemon **out,
 		snprintf(err, errlen, "fetch: %s", strerror(-ret));
 		goto fail;
 	}
+	{
+		struct autosync *a = NULL;
+
+		ret = autosync_start(d, &a);
+		if (ret < 0) {
+			snprintf(err, errlen, "autosync: %s", strerror(-ret));
+			goto fail;
+		}
+		__atomic_store_n(&d->autosync, a, __ATOMIC_RELEASE);
+		fetch_set_complete_hook(d->fetch, autosync_fetch_complete, a);
+	}
 	ret = dataserver_start(d, &d->server);
 	if (ret < 0) {
 		snprintf(err, errlen, "data server: cannot listen on %s:%d: %s%s", cfg->listen_host,
@@ -314,6 +338,9 @@ fail:
 
 void daemon_stop_fetch(struct daemon *d)
 {
+	/* Nothing may ask the fetcher for more once it is gone: the sync worker goes first. */
+	if (d && d->control)
+		control_stop_sync(d->control);
 	if (d && d->fetch) {
 		fetch_stop(d->fetch);
 		d->fetch = NULL;
@@ -324,10 +351,15 @@ void daemon_stop(struct daemon *d)
 {
 	if (!d)
 		return;
+	/* An ephemeral node's own data gets its copies while the data server still runs. */
+	if (d->autosync && d->server)
+		autosync_flush(d->autosync, d->cfg->auto_sync.shutdown_flush_seconds);
 	if (d->control)
 		control_stop(d->control);
 	if (d->server)
 		dataserver_stop(d->server);
+	autosync_stop(d->autosync);
+	d->autosync = NULL;
 	/* Parked reads are answered (-ESHUTDOWN) before the FUSE session goes. */
 	if (d->fetch)
 		fetch_stop(d->fetch);

@@ -7,8 +7,9 @@
  * lock -> catalog -> namespace (loaded from the catalog) -> indexer -> data server -> control
  * socket; stop is the reverse.
  *
- * Full order: lock -> catalog -> cache -> namespace -> indexer -> peers -> fetch -> data
- * server -> control socket.
+ * Full order: lock -> catalog -> cache -> namespace -> indexer -> peers -> fetch -> autosync
+ * -> data server -> control socket. An ephemeral node's stop first waits (autosync_flush) for
+ * its own data to have its copies elsewhere.
  */
 #ifndef MESHFS_DAEMON_H
 #define MESHFS_DAEMON_H
@@ -21,6 +22,7 @@
 #include "sync/indexer.h"
 #include "sync/namespace.h"
 
+struct autosync;
 struct cache;
 struct control;
 struct dataserver;
@@ -36,6 +38,7 @@ struct daemon {
 	struct cache *cache;		/* copies of other hosts' versions */
 	struct peers *peers;		/* NULL until started (and in tests) */
 	struct fetch *fetch;
+	struct autosync *autosync;	/* atomic: the peers thread reads it (see daemon.c) */
 	struct dataserver *server;
 	struct control *control;
 	int64_t started_at;		/* unix seconds */

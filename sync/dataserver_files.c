@@ -34,6 +34,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "sync/cache.h"
 #include "sync/catalog.h"
 #include "sync/config.h"
 #include "sync/daemon.h"
@@ -43,6 +44,8 @@
 #include "sync/util.h"
 
 #define CHUNKS_TRIES 3
+/* Block hashes sent with one range at most: one chunk's worth (docs/protocol.md). */
+#define FILES_MAX_BLOCKS HASH_BLOCKS_PER_CHUNK
 
 /* ---- versions: ETag, If-Match ---- */
 
@@ -175,6 +178,7 @@ out:
 /* What the routes need of one catalog entry. */
 struct entry_copy {
 	bool deleted;
+	bool replica;		/* another host's version this node holds in its cache */
 	int64_t seq;
 	uint64_t size;
 	int64_t mtime_ns;
@@ -188,6 +192,7 @@ static void copy_entry(void *arg, const struct cat_entry *e)
 	struct entry_copy *c = arg;
 
 	c->deleted = e->deleted;
+	c->replica = strcmp(e->origin, e->host) != 0;
 	c->seq = e->seq;
 	c->size = e->size;
 	c->mtime_ns = e->mtime_ns;
@@ -218,6 +223,36 @@ static int64_t ts_ns(const struct timespec *ts)
 }
 
 /*
+ * Opens this node's complete cached copy of version @e (a replica entry, catalog_replicas.c).
+ * Returns 0 and an fd of its own in *fd, or -ESTALE when the copy is not (or no longer) here
+ * complete: the replica entry is withdrawn by AutoSync's next pass.
+ */
+static int open_replica(struct dataserver *s, size_t cat_idx, const char *rel,
+			const struct entry_copy *e, int *fd_out)
+{
+	struct daemon *d = dataserver_daemon(s);
+	const char *category = d->cfg->categories[cat_idx].name;
+	struct cache_info info;
+	struct cache_file *cf = NULL;
+	int ret;
+
+	if (!d->cache || cache_lookup(d->cache, category, rel, &info) < 0 ||
+	    info.state != CACHE_COMPLETE || !hash_equal(&info.hash, &e->hash))
+		return -ESTALE;
+	ret = cache_file_get(d->cache, category, rel, &e->hash, e->size, &cf);
+	if (ret < 0)
+		return ret;
+	if (!cache_file_complete(cf)) {
+		ret = -ESTALE;
+	} else {
+		*fd_out = fcntl(cache_file_fd(cf), F_DUPFD_CLOEXEC, 0);
+		ret = *fd_out < 0 ? -errno : 0;
+	}
+	cache_file_put(cf);
+	return ret;
+}
+
+/*
  * Opens the version @e of @rel beneath category @cat_idx's directory, never through a symlink
  * and never outside the directory. Returns 0 and a blocking read-only fd in *fd; -ENOENT,
  * -ELOOP (a symlink on the way), -EXDEV (an escape) and the like when it cannot be opened;
@@ -237,6 +272,8 @@ static int open_version(struct dataserver *s, size_t cat_idx, const char *rel,
 	struct stat st;
 	int dfd = -1, fd = -1, flags, ret;
 
+	if (e->replica)
+		return open_replica(s, cat_idx, rel, e, fd_out);
 	if (!dir)
 		return -ENOENT;
 	dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -481,12 +518,51 @@ out:
 
 /* ---- GET /v1/files/<category>/<path> ---- */
 
+/*
+ * The X-Meshfs-Blocks value for a range of @len bytes at @first of version @e, into a new
+ * string: "<block size> <first block> <hash>,<hash>...". NULL when the client did not ask
+ * (X-Meshfs-Want-Blocks), the range is not whole blocks (the file's end excepted) or longer
+ * than FILES_MAX_BLOCKS, or the catalog has no block hashes for it: the client then verifies
+ * whole chunks, as without the header.
+ */
+static char *blocks_header(struct dataserver *s, struct MHD_Connection *conn, size_t cat_idx,
+			   const char *path, const struct entry_copy *e, uint64_t first,
+			   uint64_t len)
+{
+	struct daemon *d = dataserver_daemon(s);
+	struct hash128 hashes[FILES_MAX_BLOCKS];
+	uint64_t nb = (len + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE;
+	size_t cap = 32 + (size_t)nb * HASH_STR_LEN, used;
+	char *out;
+
+	if (!MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Meshfs-Want-Blocks") ||
+	    len == 0 || first % HASH_BLOCK_SIZE != 0 || nb > FILES_MAX_BLOCKS ||
+	    (len % HASH_BLOCK_SIZE != 0 && first + len != e->size))
+		return NULL;
+	if (catalog_get_blocks(d->catalog, d->cfg->node, d->cfg->categories[cat_idx].name, path,
+			       &e->hash, first / HASH_BLOCK_SIZE, (size_t)nb, hashes) < 0)
+		return NULL;
+	out = malloc(cap);
+	if (!out)
+		return NULL;
+	used = (size_t)snprintf(out, cap, "%llu %llu ", (unsigned long long)HASH_BLOCK_SIZE,
+				(unsigned long long)(first / HASH_BLOCK_SIZE));
+	for (uint64_t i = 0; i < nb; i++) {
+		hash_format(&hashes[i], out + used);
+		used += HASH_STR_LEN - 1;
+		if (i + 1 < nb)
+			out[used++] = ',';
+	}
+	out[used] = '\0';
+	return out;
+}
+
 enum MHD_Result dataserver_route_files(struct dataserver *s, struct request *rq,
 				       struct MHD_Connection *conn, const char *raw)
 {
 	struct MHD_Response *resp = NULL;
 	struct entry_copy e;
-	char etag[HASH_STR_LEN + 2], crange[80], *path = NULL;
+	char etag[HASH_STR_LEN + 2], crange[80], *path = NULL, *blocks = NULL;
 	enum range_kind kind;
 	enum MHD_Result ret;
 	uint64_t first = 0, len = 0;
@@ -515,6 +591,8 @@ enum MHD_Result dataserver_route_files(struct dataserver *s, struct request *rq,
 					       MHD_HTTP_HEADER_CONTENT_RANGE, crange);
 		goto out;
 	}
+	if (kind == RANGE_PART)
+		blocks = blocks_header(s, conn, cat_idx, path, &e, first, len);
 	if (len == 0) {
 		resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
 	} else {
@@ -535,7 +613,8 @@ enum MHD_Result dataserver_route_files(struct dataserver *s, struct request *rq,
 	    !dataserver_add_header(resp, MHD_HTTP_HEADER_ETAG, etag) ||
 	    !dataserver_add_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes") ||
 	    (kind == RANGE_PART &&
-	     !dataserver_add_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, crange))) {
+	     !dataserver_add_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, crange)) ||
+	    (blocks && !dataserver_add_header(resp, "X-Meshfs-Blocks", blocks))) {
 		MHD_destroy_response(resp);
 		ret = MHD_NO;
 		goto out;
@@ -546,6 +625,7 @@ enum MHD_Result dataserver_route_files(struct dataserver *s, struct request *rq,
 out:
 	if (fd >= 0)
 		close(fd);
+	free(blocks);
 	free(path);
 	return ret;
 }

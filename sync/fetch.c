@@ -9,6 +9,14 @@
  * curl_multi_poll (woken by curl_multi_wakeup when a read parks), and handles what finished:
  * a chunk is verified against its hash, written to the cache, marked present, and every read
  * whose range is now complete is answered. All callbacks run with no lock held.
+ *
+ * A read at a place the version is not being read in order also gets a probe: a request for
+ * just the 64 KiB blocks it covers, with X-Meshfs-Want-Blocks, whose answer carries the hashes
+ * of those blocks (docs/protocol.md). The probe's bytes stay in memory; once every block
+ * matches its hash, the reads inside it are answered from there, a chunk transfer later than
+ * the probe. The chunk is still fetched, verified and cached as usual. Concurrent reads share a
+ * probe that covers them. A source that sends no block hashes is not probed again for that
+ * version; one that sends a block not matching its hash is dropped like a bad chunk.
  */
 #include "sync/fetch.h"
 
@@ -37,6 +45,12 @@
 #define FETCH_MAX_CHUNK_LIST (1u << 20)
 #define FETCH_RECV_BUFFER (512 * 1024)
 #define FETCH_STAGE (1024 * 1024)	/* bytes of a chunk gathered per write to the cache */
+#define FETCH_MAX_PROBES 4		/* probes in flight per version */
+#define FETCH_PROBE_MAX (1024 * 1024)	/* reads longer than this wait for their chunks */
+
+/* xfer.chunk of the transfers that are not a chunk */
+#define XFER_LIST SIZE_MAX		/* the chunk hash list */
+#define XFER_PROBE (SIZE_MAX - 1)	/* a few blocks for a reader (see the file header) */
 
 enum chunk_state {
 	CH_ABSENT,
@@ -49,8 +63,14 @@ struct waiter {
 	uint64_t off;
 	uint64_t len;
 	int64_t deadline_ns;
+	bool probe;			/* wants a probe (not yet started or joined) */
 	fetch_done_fn done;
 	void *cookie;
+};
+
+struct probe_range {
+	uint64_t off;
+	uint64_t len;
 };
 
 struct fetch_file {
@@ -71,8 +91,12 @@ struct fetch_file {
 	bool list_inflight;
 	bool finishing;			/* cache_file_finish under way or done */
 	bool complete;
+	uint64_t no_probe;		/* sources that sent no block hashes: not probed */
+	struct probe_range probes[FETCH_MAX_PROBES];	/* in flight */
+	int n_probes;
 	uint64_t sources;		/* hosts that hold it */
 	uint64_t dropped;		/* sources that failed it */
+	uint64_t avoid;			/* sources used only when no other is left */
 	int inflight;
 	struct waiter *waiters;
 	uint64_t last_read_end;
@@ -85,7 +109,10 @@ struct xfer {
 	CURL *easy;
 	struct curl_slist *headers;
 	int host;
-	size_t chunk;			/* SIZE_MAX: the chunk hash list */
+	size_t chunk;			/* or XFER_LIST, XFER_PROBE */
+	uint64_t probe_off;		/* XFER_PROBE: the block-aligned range asked for */
+	uint64_t probe_len;
+	char *blocks;			/* XFER_PROBE: the X-Meshfs-Blocks header's value */
 	/* The chunk list is collected in buf; a chunk goes straight into the cache file at its
 	 * place as it arrives (hashed on the way) and is marked present only once verified. */
 	char *buf;
@@ -123,6 +150,10 @@ struct fetch {
 	int active;
 	int active_background;
 	uint64_t host_inflight[64];	/* bytes requested and not yet received, per host */
+
+	/* Under lock (set once, early): */
+	fetch_complete_fn complete;
+	void *complete_arg;
 };
 
 /* A finished read to report once the lock is dropped. */
@@ -132,6 +163,7 @@ struct completion {
 	void *cookie;
 	int err;
 	int fd;
+	void *buf;			/* owned; NULL: the bytes are in fd */
 	uint64_t off;
 	size_t len;
 };
@@ -144,6 +176,15 @@ static size_t chunk_len(const struct fetch_file *ff, size_t idx)
 	uint64_t end = start + HASH_CHUNK_SIZE;
 
 	return (size_t)((end > ff->size ? ff->size : end) - start);
+}
+
+/* Whether no chunk that [@off, @off + @len) touches is present or on its way. Lock held. */
+static bool chunks_absent(const struct fetch_file *ff, uint64_t off, uint64_t len)
+{
+	for (uint64_t i = off / HASH_CHUNK_SIZE; i <= (off + len - 1) / HASH_CHUNK_SIZE; i++)
+		if (ff->state[i] != CH_ABSENT)
+			return false;
+	return true;
 }
 
 static void file_error(struct fetch_file *ff, const char *fmt, ...)
@@ -176,7 +217,7 @@ static void collect_waiters(struct fetch_file *ff, int err, struct completion **
 		c = calloc(1, sizeof(*c));
 		if (!c) {
 			/* Cannot defer it: the read would hang. Answer it from here. */
-			w->done(w->cookie, -ENOMEM, -1, w->off, 0);
+			w->done(w->cookie, -ENOMEM, -1, NULL, w->off, 0);
 			free(w);
 			continue;
 		}
@@ -197,7 +238,8 @@ static void run_completions(struct completion *c)
 	while (c) {
 		struct completion *next = c->next;
 
-		c->done(c->cookie, c->err, c->fd, c->off, c->len);
+		c->done(c->cookie, c->err, c->fd, c->buf, c->off, c->len);
+		free(c->buf);
 		free(c);
 		c = next;
 	}
@@ -381,6 +423,9 @@ int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn do
 	}
 	sequential = off == ff->last_read_end && off > 0;
 	ff->last_read_end = off + len;
+	/* A probe only where nothing is on its way yet: a chunk in flight comes soon enough. */
+	w->probe = !sequential && len <= FETCH_PROBE_MAX &&
+		   chunks_absent(ff, off, len);
 	for (size_t i = first; i <= last; i++)
 		ff->want[i] = FETCH_PRIO_READ;
 	if (sequential)
@@ -398,12 +443,19 @@ int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn do
 
 int fetch_prefetch(struct fetch *f, const struct ns_remote *r, enum fetch_priority prio)
 {
+	return fetch_prefetch_avoiding(f, r, prio, 0);
+}
+
+int fetch_prefetch_avoiding(struct fetch *f, const struct ns_remote *r,
+			    enum fetch_priority prio, uint64_t avoid)
+{
 	struct fetch_file *ff;
 	int ret;
 
 	pthread_mutex_lock(&f->lock);
 	ret = file_get_locked(f, r, &ff);
 	if (ret == 0) {
+		ff->avoid |= avoid;
 		want_all_locked(ff, prio);
 		file_unref_locked(f, ff); /* the background reference keeps it */
 	}
@@ -421,7 +473,7 @@ bool fetch_busy(struct fetch *f, const struct hash128 *hash)
 	pthread_mutex_lock(&f->lock);
 	ff = file_find(f, hash);
 	if (ff)
-		busy = ff->inflight > 0 || ff->list_inflight || file_wanted(ff);
+		busy = ff->inflight > 0 || ff->list_inflight || ff->n_probes > 0 || file_wanted(ff);
 	pthread_mutex_unlock(&f->lock);
 	return busy;
 }
@@ -442,10 +494,14 @@ bool fetch_last_error(struct fetch *f, const struct hash128 *hash, char *buf, si
 
 /* ------------------------------------------------------------------ sources */
 
-/* The usable source for the next @bytes of @ff that should finish first, or -1. Lock held. */
-static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t bytes)
+/* The usable source (not in @exclude) for the next @bytes of @ff that should finish first, or
+ * -1. Lock held. */
+static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t exclude, uint64_t bytes)
 {
-	uint64_t candidates = ff->sources & ~ff->dropped;
+	uint64_t candidates = ff->sources & ~ff->dropped & ~exclude;
+
+	if (candidates & ~ff->avoid)
+		candidates &= ~ff->avoid;
 	double best_eta = 0;
 	int best = -1;
 
@@ -455,6 +511,9 @@ static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t bytes)
 
 		if (!(candidates & ((uint64_t)1 << h)) || &f->cfg->hosts[h] == f->cfg->self ||
 		    !f->cfg->hosts[h].address)
+			continue;
+		/* A host whose circuit is open is left alone, not dropped: it may come back. */
+		if (f->peers && !peers_allow(f->peers, (size_t)h))
 			continue;
 		if (f->peers)
 			peers_status(f->peers, (size_t)h, &ps);
@@ -489,7 +548,7 @@ static size_t xfer_write(char *data, size_t size, size_t nmemb, void *arg)
 	struct xfer *x = arg;
 	size_t n = size * nmemb;
 
-	if (x->chunk != SIZE_MAX) {
+	if (x->chunk < XFER_PROBE) {
 		if (x->len + n > x->cap)
 			return 0; /* more than the range asked for: abort, the source is wrong */
 		hash_stream_update(x->hs, data, n);
@@ -508,7 +567,7 @@ static size_t xfer_write(char *data, size_t size, size_t nmemb, void *arg)
 		return n;
 	}
 	if (x->len + n > x->cap) {
-		if (x->len + n > FETCH_MAX_CHUNK_LIST)
+		if (x->chunk == XFER_PROBE || x->len + n > FETCH_MAX_CHUNK_LIST)
 			return 0;
 		size_t cap = (x->len + n) * 2;
 		char *bigger = realloc(x->buf, cap);
@@ -521,6 +580,29 @@ static size_t xfer_write(char *data, size_t size, size_t nmemb, void *arg)
 	memcpy(x->buf + x->len, data, n);
 	x->len += n;
 	return n;
+}
+
+/* Keeps the X-Meshfs-Blocks header of a probe's answer. */
+static size_t xfer_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+	static const char name[] = "x-meshfs-blocks:";
+	struct xfer *x = arg;
+	size_t n = size * nmemb, vlen;
+	const char *v;
+
+	if (n <= sizeof(name) - 1 || strncasecmp(data, name, sizeof(name) - 1) != 0)
+		return n;
+	v = data + sizeof(name) - 1;
+	vlen = n - (sizeof(name) - 1);
+	while (vlen && (*v == ' ' || *v == '\t')) {
+		v++;
+		vlen--;
+	}
+	while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
+		vlen--;
+	free(x->blocks);
+	x->blocks = strndup(v, vlen);
+	return x->blocks ? n : 0;
 }
 
 /* Percent-encodes @path segment by segment into a new string. */
@@ -556,6 +638,7 @@ out:
 
 static void xfer_free(struct xfer *x)
 {
+	free(x->blocks);
 	hash_stream_free(x->hs);
 	free(x->stage);
 	if (x->easy)
@@ -566,11 +649,12 @@ static void xfer_free(struct xfer *x)
 }
 
 /*
- * Starts the transfer of chunk @chunk (SIZE_MAX: the chunk list) of @ff from @host. Lock held;
- * curl_multi_add_handle does no I/O. Returns 0 or -errno (nothing started).
+ * Starts the transfer of chunk @chunk (XFER_LIST: the chunk list; XFER_PROBE: the blocks
+ * [@probe->off, +@probe->len)) of @ff from @host. Lock held; curl_multi_add_handle does no I/O.
+ * Returns 0 or -errno (nothing started).
  */
 static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t chunk,
-		      bool background)
+		      const struct probe_range *probe, bool background)
 {
 	char base[300], header[300], hash[HASH_STR_LEN], *rel = NULL, *url = NULL;
 	struct xfer *x = calloc(1, sizeof(*x));
@@ -585,8 +669,15 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 	x->easy = curl_easy_init();
 	if (!x->easy)
 		goto fail;
-	if (chunk == SIZE_MAX) {
+	if (chunk == XFER_LIST) {
 		x->cap = 64 * 1024;
+		x->buf = malloc(x->cap);
+		if (!x->buf)
+			goto fail;
+	} else if (chunk == XFER_PROBE) {
+		x->probe_off = probe->off;
+		x->probe_len = probe->len;
+		x->cap = (size_t)probe->len;
 		x->buf = malloc(x->cap);
 		if (!x->buf)
 			goto fail;
@@ -606,7 +697,7 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 		ret = -ENOMEM;
 		goto fail;
 	}
-	if (asprintf(&url, "%s/v1/%s/%s", base, chunk == SIZE_MAX ? "chunks" : "files", rel) < 0) {
+	if (asprintf(&url, "%s/v1/%s/%s", base, chunk == XFER_LIST ? "chunks" : "files", rel) < 0) {
 		url = NULL;
 		ret = -ENOMEM;
 		goto fail;
@@ -614,6 +705,8 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 	hash_format(&ff->hash, hash);
 	snprintf(header, sizeof(header), "If-Match: \"%s\"", hash);
 	x->headers = curl_slist_append(x->headers, header);
+	if (chunk == XFER_PROBE)
+		x->headers = curl_slist_append(x->headers, "X-Meshfs-Want-Blocks: 1");
 	if (f->cfg->token) {
 		char auth[600];
 
@@ -638,7 +731,15 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 	curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http");
 	/* Large receive buffers: fewer callbacks and poll rounds per 4 MiB chunk. */
 	curl_easy_setopt(x->easy, CURLOPT_BUFFERSIZE, (long)FETCH_RECV_BUFFER);
-	if (chunk != SIZE_MAX) {
+	if (chunk == XFER_PROBE) {
+		char range[64];
+
+		snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, probe->off,
+			 probe->off + probe->len - 1);
+		curl_easy_setopt(x->easy, CURLOPT_RANGE, range);
+		curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, xfer_header);
+		curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
+	} else if (chunk != XFER_LIST) {
 		uint64_t start = (uint64_t)chunk * HASH_CHUNK_SIZE;
 		char range[64];
 
@@ -662,8 +763,10 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 		f->xfers->prev = x;
 	f->xfers = x;
 	ff->inflight++;
-	if (chunk == SIZE_MAX) {
+	if (chunk == XFER_LIST) {
 		ff->list_inflight = true;
+	} else if (chunk == XFER_PROBE) {
+		ff->probes[ff->n_probes++] = *probe;
 	} else {
 		ff->state[chunk] = CH_INFLIGHT;
 		f->host_inflight[host] += chunk_len(ff, chunk);
@@ -692,9 +795,48 @@ static bool readers_waiting(const struct fetch *f)
 	return false;
 }
 
+/* Whether an in-flight probe of @ff covers [@off, @off + @len). Lock held. */
+static bool probe_covers(const struct fetch_file *ff, uint64_t off, uint64_t len)
+{
+	for (int i = 0; i < ff->n_probes; i++)
+		if (ff->probes[i].off <= off && off + len <= ff->probes[i].off + ff->probes[i].len)
+			return true;
+	return false;
+}
+
+/* Starts a probe for each parked read that wants one and has none covering it. Lock held. */
+static void start_probes_locked(struct fetch *f)
+{
+	for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
+		for (struct waiter *w = ff->waiters; w; w = w->next) {
+			struct probe_range pr;
+			uint64_t end;
+			int host;
+
+			if (!w->probe)
+				continue;
+			if (ff->n_probes >= FETCH_MAX_PROBES && !probe_covers(ff, w->off, w->len))
+				continue; /* a later round, if its chunk has not come first */
+			w->probe = false;
+			if (probe_covers(ff, w->off, w->len) ||
+			    !chunks_absent(ff, w->off, w->len))
+				continue;
+			pr.off = w->off / HASH_BLOCK_SIZE * HASH_BLOCK_SIZE;
+			end = (w->off + w->len + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE *
+			      HASH_BLOCK_SIZE;
+			pr.len = (end > ff->size ? ff->size : end) - pr.off;
+			host = pick_source(f, ff, ff->no_probe, pr.len);
+			if (host >= 0)
+				xfer_start(f, ff, host, XFER_PROBE, &pr, false);
+			/* No source, or no memory: the read waits for its chunk, which says why. */
+		}
+	}
+}
+
 /* Starts what is most wanted, within the limits. Lock held. */
 static void schedule_locked(struct fetch *f, struct completion **done)
 {
+	start_probes_locked(f);
 	for (;;) {
 		struct fetch_file *best_ff = NULL;
 		size_t best_chunk = 0;
@@ -716,7 +858,7 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 				if (prio > best_prio) {
 					best_prio = prio;
 					best_ff = ff;
-					best_chunk = SIZE_MAX;
+					best_chunk = XFER_LIST;
 				}
 				continue;
 			}
@@ -740,8 +882,8 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 		if (best_prio <= FETCH_PRIO_BACKGROUND && readers_waiting(f))
 			return;
 
-		uint64_t bytes = best_chunk == SIZE_MAX ? 4096 : chunk_len(best_ff, best_chunk);
-		int host = pick_source(f, best_ff, bytes);
+		uint64_t bytes = best_chunk == XFER_LIST ? 4096 : chunk_len(best_ff, best_chunk);
+		int host = pick_source(f, best_ff, 0, bytes);
 
 		if (host < 0) {
 			/* Nobody left who holds these bytes: every reader of them fails. */
@@ -765,9 +907,9 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 		}
 		bool background = best_prio <= FETCH_PRIO_BACKGROUND;
 
-		if (xfer_start(f, best_ff, host, best_chunk, background) < 0) {
+		if (xfer_start(f, best_ff, host, best_chunk, NULL, background) < 0) {
 			/* No memory or no cache space: fail what waits on it rather than spin. */
-			if (best_chunk != SIZE_MAX) {
+			if (best_chunk != XFER_LIST) {
 				best_ff->want[best_chunk] = 0;
 				cache_set_error(f->cache, best_ff->category, best_ff->path,
 						best_ff->last_error);
@@ -814,6 +956,113 @@ out:
 }
 
 /*
+ * Checks the probe @x received against the block hashes that came with it. Returns 0 when
+ * every block matches, -ENODATA when the source sent no (usable) block hashes, -EBADMSG when a
+ * block does not match its hash.
+ */
+static int probe_verify(struct xfer *x)
+{
+	uint64_t nb = (x->probe_len + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE;
+	unsigned long long bsize, first;
+	const char *p;
+	int used = 0;
+
+	if (!x->blocks || sscanf(x->blocks, "%llu %llu %n", &bsize, &first, &used) != 2 ||
+	    !used || bsize != HASH_BLOCK_SIZE || first != x->probe_off / HASH_BLOCK_SIZE)
+		return -ENODATA;
+	p = x->blocks + used;
+	for (uint64_t i = 0; i < nb; i++) {
+		uint64_t at = i * HASH_BLOCK_SIZE;
+		size_t n = (size_t)(x->probe_len - at < HASH_BLOCK_SIZE ? x->probe_len - at
+									 : HASH_BLOCK_SIZE);
+		char text[HASH_STR_LEN];
+		struct hash128 want, got;
+
+		if (strlen(p) < HASH_STR_LEN - 1)
+			return -ENODATA;
+		memcpy(text, p, HASH_STR_LEN - 1);
+		text[HASH_STR_LEN - 1] = '\0';
+		p += HASH_STR_LEN - 1;
+		if (hash_parse(text, &want) < 0 || *p != (i + 1 < nb ? ',' : '\0'))
+			return -ENODATA;
+		p += i + 1 < nb;
+		got = hash_buf(x->buf + at, n);
+		if (!hash_equal(&got, &want))
+			return -EBADMSG;
+	}
+	return 0;
+}
+
+/*
+ * Handles a finished probe: on success answers every parked read inside it from its bytes.
+ * A probe that failed only means its reads wait for their chunks; one with a bad block drops
+ * the source. Called without the lock; takes it.
+ */
+static void probe_done(struct fetch *f, struct xfer *x, CURLcode rc, struct completion **done)
+{
+	struct fetch_file *ff = x->ff;
+	const char *host = f->cfg->hosts[x->host].name;
+	long status = 0;
+	int ret;
+
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (rc != CURLE_OK || status != 206 || x->len != x->probe_len)
+		ret = -EIO;
+	else
+		ret = probe_verify(x);
+	if (ret == -EBADMSG) {
+		log_msg(LOG_WARNING, "fetch %s/%s: %s served a corrupt block in %" PRIu64 "+%" PRIu64,
+			ff->category, ff->path, host, x->probe_off, x->probe_len);
+		if (f->peers)
+			peers_record_transfer(f->peers, (size_t)x->host, 0, 0, -EIO);
+	}
+
+	pthread_mutex_lock(&f->lock);
+	ff->inflight--;
+	f->active--;
+	for (int i = 0; i < ff->n_probes; i++) {
+		if (ff->probes[i].off == x->probe_off && ff->probes[i].len == x->probe_len) {
+			ff->probes[i] = ff->probes[--ff->n_probes];
+			break;
+		}
+	}
+	if (ret == -ENODATA)
+		ff->no_probe |= (uint64_t)1 << x->host;
+	if (ret == -EBADMSG) {
+		ff->dropped |= (uint64_t)1 << x->host;
+		file_error(ff, "%s served a corrupt block", host);
+	}
+	for (struct waiter **pp = &ff->waiters; ret == 0 && *pp;) {
+		struct waiter *w = *pp;
+		struct completion *c;
+
+		if (w->off < x->probe_off || w->off + w->len > x->probe_off + x->probe_len) {
+			pp = &w->next;
+			continue;
+		}
+		c = calloc(1, sizeof(*c));
+		if (c)
+			c->buf = malloc((size_t)w->len);
+		if (!c || !c->buf) {
+			free(c);
+			pp = &w->next; /* its chunk answers it */
+			continue;
+		}
+		memcpy(c->buf, x->buf + (w->off - x->probe_off), (size_t)w->len);
+		c->done = w->done;
+		c->cookie = w->cookie;
+		c->fd = -1;
+		c->off = w->off;
+		c->len = (size_t)w->len;
+		c->next = *done;
+		*done = c;
+		*pp = w->next;
+		free(w);
+	}
+	pthread_mutex_unlock(&f->lock);
+}
+
+/*
  * Handles one finished transfer: verifies and stores what came, or drops the source. Called
  * without the lock (the chunk is ours while in flight); takes it to update the state.
  */
@@ -826,8 +1075,12 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 	int64_t took = mono_ns() - x->started_ns;
 	int ret = 0;
 
+	if (x->chunk == XFER_PROBE) {
+		probe_done(f, x, rc, done);
+		return;
+	}
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
-	if (x->chunk != SIZE_MAX && rc == CURLE_OK && x->write_err == 0 && x->staged)
+	if (x->chunk != XFER_LIST && rc == CURLE_OK && x->write_err == 0 && x->staged)
 		stage_flush(x);
 	if (x->write_err < 0) {
 		snprintf(why, sizeof(why), "cache write of chunk %zu: %s", x->chunk,
@@ -837,7 +1090,7 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 		snprintf(why, sizeof(why), "%s: %s", host, x->error[0] ? x->error :
 			 curl_easy_strerror(rc));
 		ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -ECONNREFUSED;
-	} else if (x->chunk == SIZE_MAX) {
+	} else if (x->chunk == XFER_LIST) {
 		if (status != 200) {
 			snprintf(why, sizeof(why), "%s: chunk list: HTTP %ld", host, status);
 			ret = -EIO;
@@ -868,9 +1121,13 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 				x->reserved = 0; /* consumed by the commit */
 		}
 	}
-	if (f->peers)
+	/* The host's record (and circuit): a write into our cache failing is not its doing; a
+	 * 404 or 412 is an answer (the version went), not a failure of the host. */
+	if (f->peers && strncmp(why, "cache", 5) != 0)
 		peers_record_transfer(f->peers, (size_t)x->host, ret == 0 ? x->len : 0, took,
-				      ret == -EBADMSG ? -EIO : ret);
+				      ret == -EBADMSG ? -EIO
+				      : ret < 0 && status == 404 ? -ENOENT
+				      : ret < 0 && status == 412 ? -ESTALE : ret);
 	if (ret < 0)
 		log_msg(ret == -EBADMSG ? LOG_WARNING : LOG_INFO, "fetch %s/%s: %s", ff->category,
 			ff->path, why);
@@ -882,7 +1139,7 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 	f->active--;
 	if (x->background)
 		f->active_background--;
-	if (x->chunk == SIZE_MAX) {
+	if (x->chunk == XFER_LIST) {
 		ff->list_inflight = false;
 		if (ret == 0)
 			ff->have_list = true;
@@ -892,7 +1149,7 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 	}
 	if (ret < 0) {
 		/* A cache write failing is ours, not the source's. */
-		if (!(x->chunk != SIZE_MAX && ret != -EBADMSG && strncmp(why, "cache", 5) == 0))
+		if (!(x->chunk != XFER_LIST && ret != -EBADMSG && strncmp(why, "cache", 5) == 0))
 			ff->dropped |= (uint64_t)1 << x->host;
 		file_error(ff, "%s", why);
 		if (strncmp(why, "cache", 5) == 0) {
@@ -908,6 +1165,8 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 static void finish_file(struct fetch *f, struct fetch_file *ff, struct completion **done)
 {
 	int ret = cache_file_finish(ff->cf);
+	fetch_complete_fn complete = NULL;
+	void *complete_arg = NULL;
 
 	pthread_mutex_lock(&f->lock);
 	ff->finishing = false;
@@ -917,6 +1176,8 @@ static void finish_file(struct fetch *f, struct fetch_file *ff, struct completio
 		cache_set_error(f->cache, ff->category, ff->path, "");
 		log_msg(LOG_INFO, "fetch %s/%s: complete and verified (%" PRIu64 " bytes)",
 			ff->category, ff->path, ff->size);
+		complete = f->complete;
+		complete_arg = f->complete_arg;
 	} else {
 		/* Chunks matched their hashes but the whole does not: the chunk list was wrong.
 		 * Start again from nothing. */
@@ -931,6 +1192,9 @@ static void finish_file(struct fetch *f, struct fetch_file *ff, struct completio
 		file_unref_locked(f, ff);
 	}
 	pthread_mutex_unlock(&f->lock);
+	/* @ff lives on: the caller holds a reference. */
+	if (complete)
+		complete(complete_arg, ff->category, ff->path, &ff->hash);
 	(void)done;
 }
 
@@ -969,7 +1233,7 @@ static void expire_locked(struct fetch *f, struct completion **done)
 				c->next = *done;
 				*done = c;
 			} else {
-				w->done(w->cookie, -ETIMEDOUT, -1, w->off, 0);
+				w->done(w->cookie, -ETIMEDOUT, -1, NULL, w->off, 0);
 			}
 			free(w);
 		}
@@ -1078,6 +1342,14 @@ int fetch_start(const struct mfs_config *cfg, struct cache *cache, struct peers 
 fail:
 	fetch_stop(f);
 	return ret;
+}
+
+void fetch_set_complete_hook(struct fetch *f, fetch_complete_fn fn, void *arg)
+{
+	pthread_mutex_lock(&f->lock);
+	f->complete = fn;
+	f->complete_arg = arg;
+	pthread_mutex_unlock(&f->lock);
 }
 
 void fetch_stop(struct fetch *f)

@@ -47,9 +47,20 @@ enum fetch_priority {
 	FETCH_PRIO_READ = 6,	/* a reader is waiting */
 };
 
-/* Called once per parked read: @err is 0 and [@off, @off+@len) can be read from @fd, or @err
- * is -errno (-ETIMEDOUT past the deadline, -EIO when no source is left). */
-typedef void (*fetch_done_fn)(void *cookie, int err, int fd, uint64_t off, size_t len);
+/* Called once per parked read: @err is 0 and the @len bytes at @off are in @buf (verified
+ * blocks answered before their chunk is here; @buf is valid during the call only) or, when @buf
+ * is NULL, can be read from @fd at @off; or @err is -errno (-ETIMEDOUT past the deadline, -EIO
+ * when no source is left). */
+typedef void (*fetch_done_fn)(void *cookie, int err, int fd, const void *buf, uint64_t off,
+			      size_t len);
+
+/* Called on the fetch thread, no lock held, when version @hash of (category, path) is complete
+ * in the cache and its whole-file hash verified. */
+typedef void (*fetch_complete_fn)(void *arg, const char *category, const char *path,
+				  const struct hash128 *hash);
+
+/* Sets the hook called when a version completes (before any fetch is asked for). */
+void fetch_set_complete_hook(struct fetch *f, fetch_complete_fn fn, void *arg);
 
 /* Starts the fetch thread. @peers may be NULL (no sources: every fetch fails). 0 or -errno. */
 int fetch_start(const struct mfs_config *cfg, struct cache *cache, struct peers *peers,
@@ -71,6 +82,11 @@ int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn do
 
 /* Queues the whole of version @r at @prio (prefetch xattr, meshfs sync). 0 or -errno. */
 int fetch_prefetch(struct fetch *f, const struct ns_remote *r, enum fetch_priority prio);
+
+/* fetch_prefetch() that asks the hosts in @avoid (bit per host index) only when no other
+ * source is left: a broadcast receiver spares the producer's upload (sync/autosync.c). */
+int fetch_prefetch_avoiding(struct fetch *f, const struct ns_remote *r,
+			    enum fetch_priority prio, uint64_t avoid);
 
 /* True while version @hash has transfers queued or under way. */
 bool fetch_busy(struct fetch *f, const struct hash128 *hash);

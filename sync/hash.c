@@ -1,8 +1,8 @@
 /*
- * hash — XXH3-128 of whole files and of their 4 MiB chunks, in one streaming pass.
+ * hash — XXH3-128 of whole files, of their 4 MiB chunks and 64 KiB blocks, in one pass.
  *
- * hash_fd keeps two XXH3 streaming states: one for the whole file and one for the chunk being
- * read. Reads go through one heap buffer of HASH_READ_SIZE bytes and never cross a chunk
+ * hash_fd keeps XXH3 streaming states for the whole file, the chunk being read and (when block
+ * hashes are asked for) the block being read. Reads go through one heap buffer of HASH_READ_SIZE bytes and never cross a chunk
  * boundary (HASH_CHUNK_SIZE is a multiple of the buffer size and every read is clipped to the
  * end of the current chunk), so a short read only makes the next read smaller and the chunk
  * state can be finished and reset exactly at each 4 MiB mark. The size is what was read up to
@@ -28,6 +28,7 @@
 #define HASH_READ_SIZE ((size_t)1 << 20)
 
 _Static_assert(HASH_CHUNK_SIZE % HASH_READ_SIZE == 0, "reads must not straddle chunks");
+_Static_assert(HASH_CHUNK_SIZE % HASH_BLOCK_SIZE == 0, "blocks must not straddle chunks");
 _Static_assert(HASH_STR_LEN == HASH_PREFIX_LEN + 32 + 1, "HASH_STR_LEN mismatch");
 
 static struct hash128 from_xxh(XXH128_hash_t h)
@@ -56,12 +57,43 @@ static int push_chunk(struct hash128 **arr, size_t *n, size_t *cap, struct hash1
 	return 0;
 }
 
+/* Feeds @len bytes to the block state, pushing a block hash at each HASH_BLOCK_SIZE mark of
+ * the file (@off is the offset of @buf). 0 or -ENOMEM. */
+static int update_blocks(XXH3_state_t *blk, const uint8_t *buf, size_t len, uint64_t off,
+			 struct hash128 **arr, size_t *n, size_t *cap)
+{
+	while (len > 0) {
+		size_t take = (size_t)(HASH_BLOCK_SIZE - off % HASH_BLOCK_SIZE);
+		int ret;
+
+		if (take > len)
+			take = len;
+		XXH3_128bits_update(blk, buf, take);
+		buf += take;
+		len -= take;
+		off += take;
+		if (off % HASH_BLOCK_SIZE != 0)
+			continue;
+		ret = push_chunk(arr, n, cap, from_xxh(XXH3_128bits_digest(blk)));
+		if (ret)
+			return ret;
+		XXH3_128bits_reset(blk);
+	}
+	return 0;
+}
+
 int hash_fd(int fd, struct hash128 *whole, uint64_t *size, struct hash128 **chunks,
 	    size_t *n_chunks)
 {
-	XXH3_state_t *all = NULL, *part = NULL;
-	struct hash128 *arr = NULL;
-	size_t n = 0, cap = 0;
+	return hash_fd_blocks(fd, whole, size, chunks, n_chunks, NULL, NULL);
+}
+
+int hash_fd_blocks(int fd, struct hash128 *whole, uint64_t *size, struct hash128 **chunks,
+		   size_t *n_chunks, struct hash128 **blocks, size_t *n_blocks)
+{
+	XXH3_state_t *all = NULL, *part = NULL, *blk = NULL;
+	struct hash128 *arr = NULL, *barr = NULL;
+	size_t n = 0, cap = 0, nb = 0, bcap = 0;
 	uint64_t off = 0;
 	uint8_t *buf;
 	int ret = 0;
@@ -70,13 +102,17 @@ int hash_fd(int fd, struct hash128 *whole, uint64_t *size, struct hash128 **chun
 	all = XXH3_createState();
 	if (chunks)
 		part = XXH3_createState();
-	if (!buf || !all || (chunks && !part)) {
+	if (blocks)
+		blk = XXH3_createState();
+	if (!buf || !all || (chunks && !part) || (blocks && !blk)) {
 		ret = -ENOMEM;
 		goto out;
 	}
 	XXH3_128bits_reset(all);
 	if (part)
 		XXH3_128bits_reset(part);
+	if (blk)
+		XXH3_128bits_reset(blk);
 
 	for (;;) {
 		uint64_t left_in_chunk = HASH_CHUNK_SIZE - off % HASH_CHUNK_SIZE;
@@ -93,6 +129,11 @@ int hash_fd(int fd, struct hash128 *whole, uint64_t *size, struct hash128 **chun
 		if (got == 0)
 			break;
 		XXH3_128bits_update(all, buf, (size_t)got);
+		if (blk) {
+			ret = update_blocks(blk, buf, (size_t)got, off, &barr, &nb, &bcap);
+			if (ret)
+				goto out;
+		}
 		off += (uint64_t)got;
 		if (!part)
 			continue;
@@ -104,9 +145,14 @@ int hash_fd(int fd, struct hash128 *whole, uint64_t *size, struct hash128 **chun
 			XXH3_128bits_reset(part);
 		}
 	}
-	/* The tail chunk; an empty file has no chunks at all. */
+	/* The tail chunk and block; an empty file has none at all. */
 	if (part && off % HASH_CHUNK_SIZE != 0) {
 		ret = push_chunk(&arr, &n, &cap, from_xxh(XXH3_128bits_digest(part)));
+		if (ret)
+			goto out;
+	}
+	if (blk && off % HASH_BLOCK_SIZE != 0) {
+		ret = push_chunk(&barr, &nb, &bcap, from_xxh(XXH3_128bits_digest(blk)));
 		if (ret)
 			goto out;
 	}
@@ -119,8 +165,16 @@ int hash_fd(int fd, struct hash128 *whole, uint64_t *size, struct hash128 **chun
 		if (n_chunks)
 			*n_chunks = n;
 	}
+	if (blocks) {
+		*blocks = barr;
+		barr = NULL;
+		if (n_blocks)
+			*n_blocks = nb;
+	}
 out:
 	free(arr);
+	free(barr);
+	XXH3_freeState(blk);
 	XXH3_freeState(part);
 	XXH3_freeState(all);
 	free(buf);

@@ -1,5 +1,5 @@
 /*
- * hash — XXH3-128 content hashes of whole files and of their 4 MiB chunks.
+ * hash — XXH3-128 content hashes of whole files, of their 4 MiB chunks and 64 KiB blocks.
  *
  * A file is read once, streaming through a fixed buffer (never whole in memory); the whole-file
  * digest and every chunk digest come out of the same pass. The text form is
@@ -13,6 +13,9 @@
 #include <stdint.h>
 
 #define HASH_CHUNK_SIZE ((uint64_t)4 << 20)
+/* Blocks are the finer grain a reader may be answered at before its whole chunk is here. */
+#define HASH_BLOCK_SIZE ((uint64_t)64 << 10)
+#define HASH_BLOCKS_PER_CHUNK ((size_t)(HASH_CHUNK_SIZE / HASH_BLOCK_SIZE))
 #define HASH_STR_LEN 42 /* "xxh3-128:" + 32 hex + NUL */
 
 struct hash128 {
@@ -39,6 +42,11 @@ void hash_stream_free(struct hash_stream *s);
  */
 int hash_fd(int fd, struct hash128 *whole, uint64_t *size, struct hash128 **chunks,
 	    size_t *n_chunks);
+
+/* hash_fd that also gives, if @blocks is not NULL, a new array of ceil(size / HASH_BLOCK_SIZE)
+ * block hashes in *blocks (free() it) and its length in *n_blocks. */
+int hash_fd_blocks(int fd, struct hash128 *whole, uint64_t *size, struct hash128 **chunks,
+		   size_t *n_chunks, struct hash128 **blocks, size_t *n_blocks);
 
 /* Writes "xxh3-128:<hex>" into @out (HASH_STR_LEN bytes). */
 void hash_format(const struct hash128 *h, char out[HASH_STR_LEN]);

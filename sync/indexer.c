@@ -133,6 +133,7 @@ struct pset {
 /* A copy of the parts of a catalog entry the indexer decides on. */
 struct entry_copy {
 	bool deleted;
+	bool replica;			/* another host's file this node holds a copy of */
 	uint64_t size;
 	int64_t mtime_ns;
 	struct hash128 hash;
@@ -146,6 +147,7 @@ struct pub_item {
 	size_t cat;
 	char *path;			/* owned; pubs[i].e.path points to it */
 	struct hash128 *chunks;		/* owned; pubs[i].chunks points to it */
+	struct hash128 *blocks;		/* owned; pubs[i].blocks points to it */
 	struct entry_copy old;		/* the entry it replaces, for the stats */
 	bool had_old;
 };
@@ -278,6 +280,7 @@ static void copy_entry_cb(void *arg, const struct cat_entry *e)
 	struct entry_copy *c = arg;
 
 	c->deleted = e->deleted;
+	c->replica = strcmp(e->origin, e->host) != 0;
 	c->size = e->size;
 	c->mtime_ns = e->mtime_ns;
 	c->hash = e->hash;
@@ -286,11 +289,19 @@ static void copy_entry_cb(void *arg, const struct cat_entry *e)
 	c->ctime_ns = e->ctime_ns;
 }
 
-/* This node's entry (category @ci, @rel). 0, -ENOENT, or another -errno from the catalog. */
+/* This node's entry (category @ci, @rel). 0, -ENOENT (also for a replica of another host's
+ * file: a file appearing there is new, and wins), or another -errno from the catalog. */
 static int get_entry(struct indexer *ix, size_t ci, const char *rel, struct entry_copy *out)
 {
+	int ret;
+
 	memset(out, 0, sizeof(*out));
-	return catalog_get(ix->cat, ix->cfg->node, cat_name(ix, ci), rel, copy_entry_cb, out);
+	ret = catalog_get(ix->cat, ix->cfg->node, cat_name(ix, ci), rel, copy_entry_cb, out);
+	if (ret == 0 && out->replica) {
+		memset(out, 0, sizeof(*out));
+		ret = -ENOENT;
+	}
+	return ret;
 }
 
 static bool identity_matches(const struct entry_copy *c, const struct stat *st)
@@ -325,6 +336,8 @@ static int collect_cb(void *arg, const struct cat_entry *e)
 
 	if (ci < 0 || (c->only_cat != SIZE_MAX && (size_t)ci != c->only_cat))
 		return 0;
+	if (strcmp(e->origin, c->ix->cfg->node) != 0)
+		return 0; /* a replica of another host's file: no file of ours (catalog_replicas.c) */
 	if (c->under) {
 		n = strlen(c->under);
 		if (strncmp(e->path, c->under, n) != 0 || e->path[n] != '/')
@@ -1028,12 +1041,12 @@ static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, con
 			     const struct stat *st, const struct entry_copy *old, bool had_old)
 {
 	int64_t retry = ix->quiet_ns > RETRY_NS ? ix->quiet_ns : RETRY_NS;
-	struct hash128 whole, *chunks = NULL;
+	struct hash128 whole, *chunks = NULL, *blocks = NULL;
 	struct stat before, after;
 	struct fsig looked, opened;
 	struct pub_item *it;
 	struct cat_entry *e;
-	size_t n_chunks = 0;
+	size_t n_chunks = 0, n_blocks = 0;
 	uint64_t size = 0;
 	char *path = NULL;
 	int fd, ret;
@@ -1057,7 +1070,7 @@ static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, con
 		pend(ix, ci, rel, retry);
 		goto out;
 	}
-	ret = hash_fd(fd, &whole, &size, &chunks, &n_chunks);
+	ret = hash_fd_blocks(fd, &whole, &size, &chunks, &n_chunks, &blocks, &n_blocks);
 	if (ret < 0) {
 		note_unreadable(ix, ci, rel, false, -ret);
 		goto out;
@@ -1101,18 +1114,23 @@ static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, con
 	e->confirmed_at = now_s();
 	ix->batch.pubs[ix->batch.n].chunks = chunks;
 	ix->batch.pubs[ix->batch.n].n_chunks = n_chunks;
+	ix->batch.pubs[ix->batch.n].blocks = blocks;
+	ix->batch.pubs[ix->batch.n].n_blocks = n_blocks;
 	ix->batch.pubs[ix->batch.n].seq = 0;
 	it->cat = ci;
 	it->path = path;
 	it->chunks = chunks;
+	it->blocks = blocks;
 	it->old = *old;
 	it->had_old = had_old;
 	ix->batch.n++;
 	chunks = NULL;
+	blocks = NULL;
 	if (ix->batch.n == PUBLISH_BATCH)
 		flush_publishes(ix);
 out:
 	free(chunks);
+	free(blocks);
 	if (fd >= 0)
 		close(fd);
 }
@@ -1159,6 +1177,7 @@ static void flush_publishes(struct indexer *ix)
 		}
 		free(it->path);
 		free(it->chunks);
+		free(it->blocks);
 	}
 	b->n = 0;
 }
@@ -1596,7 +1615,7 @@ static int count_cb(void *arg, const struct cat_entry *e)
 {
 	struct count_ctx *c = arg;
 
-	if (strcmp(e->category, c->category) == 0)
+	if (strcmp(e->category, c->category) == 0 && strcmp(e->origin, e->host) == 0)
 		c->n++;
 	return 0;
 }
@@ -1769,6 +1788,7 @@ static void indexer_free(struct indexer *ix)
 	for (size_t i = 0; i < ix->batch.n; i++) {
 		free(ix->batch.items[i].path);
 		free(ix->batch.items[i].chunks);
+		free(ix->batch.items[i].blocks);
 	}
 	pset_destroy(&ix->pending);
 	pset_destroy(&ix->dirs);
@@ -1915,7 +1935,8 @@ void indexer_rescan(struct indexer *ix)
 static int move_entry(struct indexer *ix, size_t ci, const char *old_rel, const char *new_rel)
 {
 	struct entry_copy old, target;
-	struct hash128 *chunks = NULL;
+	struct hash128 *chunks = NULL, *blocks = NULL;
+	struct cat_publish pub = { 0 };
 	size_t n_chunks = 0;
 	struct cat_entry e;
 	struct stat st;
@@ -1962,7 +1983,16 @@ static int move_entry(struct indexer *ix, size_t ci, const char *old_rel, const 
 	e.ino = st.st_ino;
 	e.ctime_ns = ts_ns(&st.st_ctim);
 	e.confirmed_at = now_s();
-	ret = catalog_publish_local(ix->cat, &e, chunks, n_chunks, &seq);
+	/* Block hashes move with it when the catalog has them (see catalog_get_blocks). */
+	pub.n_blocks = (size_t)((old.size + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE);
+	blocks = pub.n_blocks ? calloc(pub.n_blocks, sizeof(*blocks)) : NULL;
+	if (blocks && catalog_get_blocks(ix->cat, ix->cfg->node, e.category, old_rel, &old.hash,
+					 0, pub.n_blocks, blocks) == 0)
+		pub.blocks = blocks;
+	pub.e = e;
+	pub.chunks = chunks;
+	pub.n_chunks = n_chunks;
+	ret = catalog_publish_local_batch(ix->cat, &pub, 1);
 	if (ret < 0)
 		goto out;
 	ret = catalog_delete_local(ix->cat, ix->cfg->node, e.category, old_rel, &seq);
@@ -1974,6 +2004,7 @@ out:
 	if (ret < 0 && ret != -ENOENT)
 		log_msg(LOG_WARNING, "indexer: moving %s/%s to %s in the catalog: %s",
 			cat_name(ix, ci), old_rel, new_rel, strerror(-ret));
+	free(blocks);
 	free(chunks);
 	free(full);
 	return ret;

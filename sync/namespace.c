@@ -886,6 +886,36 @@ static struct ns_node *union_find(struct ns *ns, size_t cat, const char *path)
 	return n;
 }
 
+int ns_find_file(struct ns *ns, size_t cat_idx, const char *path, struct ns_found *out,
+		 const struct hash128 *hash, uint64_t *holders)
+{
+	struct ns_node *f;
+	int ret = -ENOENT;
+
+	if (cat_idx >= ns->cfg->n_categories || !path_is_clean_relative(path))
+		return -EINVAL;
+	pthread_rwlock_rdlock(&ns->lock);
+	f = union_find(ns, cat_idx, path);
+	if (!f || f->kind != NK_FILE || node_nvers(f) == 0)
+		goto out;
+	memset(out, 0, sizeof(*out));
+	out->remote.cat_idx = cat_idx;
+	snprintf(out->remote.path, sizeof(out->remote.path), "%s", path);
+	out->remote.hash = f->hash;
+	out->remote.size = f->size;
+	out->remote.mtime_ns = f->mtime_ns;
+	out->remote.sources = ns_node_sources(f, &f->hash);
+	out->host = f->host;
+	out->origin = f->origin;
+	out->confirmed_at = f->confirmed_at;
+	if (hash && holders)
+		*holders = ns_node_sources(f, hash);
+	ret = 0;
+out:
+	pthread_rwlock_unlock(&ns->lock);
+	return ret;
+}
+
 /* Drops @host's version of @f; the node goes when no version is left. */
 static void drop_version_locked(struct ns *ns, struct ns_node *f, int host, struct ns_inval *iv)
 {
@@ -1063,6 +1093,10 @@ static int load_one(void *arg, const struct cat_entry *e)
 	int cat = config_category_index(lc->ns->cfg, e->category);
 	const struct cfg_host *h = config_find_host(lc->ns->cfg, e->host);
 
+	/* This node's replicas of other hosts' files are not files of its data dirs: those
+	 * versions come from their producers' entries (catalog_replicas.c). */
+	if (h && h == lc->ns->cfg->self && e->origin && strcmp(e->origin, e->host) != 0)
+		return 0;
 	if (cat < 0 || !h || !path_is_clean_relative(e->path) ||
 	    put_version_locked(lc->ns, (size_t)cat, (int)(h - lc->ns->cfg->hosts), e, &iv) < 0)
 		lc->skipped++;

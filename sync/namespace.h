@@ -54,6 +54,14 @@ struct ns_remote {
 	uint64_t sources;	/* bit i = host i holds these bytes (hosts 0..63) */
 };
 
+/* What ns_find_file() found. */
+struct ns_found {
+	struct ns_remote remote;	/* the version shown (what a fetch of it needs) */
+	int host;			/* whose version is shown (this node's index: local) */
+	int origin;			/* the host that produced it; -1 if not known */
+	int64_t confirmed_at;		/* when its producer last confirmed it */
+};
+
 /* Who asks, for ownership of new files. */
 struct ns_caller {
 	uid_t uid;
@@ -106,6 +114,14 @@ struct ns_info {
 int ns_create(const struct mfs_config *cfg, const struct ns_hooks *hooks, void *hook_arg,
 	      struct ns **out);
 void ns_destroy(struct ns *ns);
+
+/*
+ * Looks up the published file at (@cat_idx, @path) of the union tree: the version shown in
+ * *out; if @hash and @holders are given, *holders = the hosts (bit per host index < 64) that
+ * hold version @hash there, shown or not. Returns 0, -ENOENT (no such published file), -EINVAL.
+ */
+int ns_find_file(struct ns *ns, size_t cat_idx, const char *path, struct ns_found *out,
+		 const struct hash128 *hash, uint64_t *holders);
 
 /* Loads every live entry of this node from @cat. Returns 0 or -errno. */
 int ns_load(struct ns *ns, struct catalog *cat);

@@ -27,10 +27,31 @@
  *   PEER_MAX_BACKOFF_MS (a notification from it still pulls it at once). Connect and low-speed
  *   timeouts bound what a dead or stalled host costs; the progress callback aborts a transfer as
  *   soon as peers_stop() is called.
+ * - Circuit breaker (sync/circuit.c), one per host for its HTTP transport, on top of that:
+ *   every pull, announcement and reported fetch is a success or a failure for it. A failure is
+ *   the host's or the network's (no connection, timeout, HTTP error, a bad or cut-short
+ *   response, corrupt data); a pull that failed on this node's side after the host answered
+ *   (catalog, memory) counts as a success, and one that failed before asking anything (the
+ *   catalog could not say the position) gives the probe back (circuit_abandon). Once
+ *   circuit_failure_threshold failures in a row open it, the host's due time is the breaker's
+ *   retry time and nothing at all is sent to it until then: the thread asks circuit_allow()
+ *   before every pull, and announcements skip it. The half-open probe is the manifest pull
+ *   itself rather than a GET /v1/health: it is one request either way, it proves the endpoint
+ *   we need works (a health answer from a host whose manifest fails would close the circuit
+ *   for nothing), and its success brings this node up to date at once. Only the peers thread
+ *   probes; peers_allow() (the fetcher's question) is true only when closed. While open, a
+ *   notification from the host expedites the probe (circuit_expedite: at most once per
+ *   recovery time) — a host that restarts announces itself, so it is seen again within
+ *   seconds, not after a backed-off wait of up to 16 × circuit_recovery_seconds.
+ * - No separate health check: every active peer is already asked for its manifest every
+ *   interval (an unchanged host costs one small request), which is the health check — a
+ *   periodic GET /v1/health next to it would double the requests and tell nothing more.
  *
  * Locking: p->lock protects the per-peer status, due times, the announce slot and the stop flag
  * (also read without the lock, atomically, by the curl callbacks). It is never held across a
- * request, a catalog call or a peers_ops callback; it is taken alone.
+ * request, a catalog call or a peers_ops callback. Each peer's circuit has its own mutex, a
+ * leaf: it may be taken with p->lock held (p->lock, then the circuit's), never the reverse;
+ * peers_allow() takes only the circuit's.
  */
 #include "sync/peers.h"
 
@@ -60,6 +81,9 @@
 #define PEER_EWMA_ALPHA 0.3
 #define PEER_MIN_SAMPLE_BYTES (64 * 1024)	/* smaller transfers measure latency, not speed */
 #define PEER_SEEN_REFRESH_S 10	/* an unchanged host's last_seen is written at most this often */
+/* A probe not reported within this is presumed lost. Only this thread probes and it always
+ * reports, so this is a safety net: longer than any pull may take. */
+#define PEER_PROBE_TIMEOUT_MS (PEER_MANIFEST_TIMEOUT_MS + 60 * 1000L)
 
 #define PULL_MAX_LINE (64 * 1024)
 #define PULL_BATCH 1000
@@ -73,6 +97,7 @@ struct peer {
 	const char *name;		/* the config's string */
 	char *base_url;			/* "http://addr:port" */
 	const char *hostport;		/* base_url without "http://" */
+	struct circuit *http;		/* the HTTP transport's breaker; its own (leaf) lock */
 	/* protected by p->lock: */
 	struct peer_status st;
 	int64_t due;			/* CLOCK_MONOTONIC ns of the next pull */
@@ -111,6 +136,7 @@ struct peers {
 	struct peers_ops ops;
 	void *arg;
 	int64_t interval_ns;
+	unsigned circuit_threshold;	/* as configured, for the log */
 	struct peer *peers;		/* array fixed at start */
 	size_t n_peers;
 	ssize_t *peer_of;		/* cfg->hosts index -> peers index, -1 if not pulled */
@@ -194,12 +220,85 @@ static int64_t next_delay_ns(struct peers *p, const struct peer *pe)
 	return delay < cap ? delay : cap;
 }
 
-/* Records how a pull of @pe ended: @err 0 = complete, else -errno with @msg. */
-static void record_pull(struct peers *p, struct peer *pe, int err, const char *msg)
+/* What one request says about the host, for its circuit. */
+enum verdict {
+	V_NONE,		/* nothing reached the host: no verdict (a probe is given back) */
+	V_OK,		/* the host answered */
+	V_FAIL,		/* the host, or the network to it, failed */
+};
+
+/*
+ * Feeds @v into @pe's circuit at @now. Returns +1 when that opened it (from closed, or a probe
+ * failed), -1 when it closed it, else 0. Takes only the circuit's lock.
+ */
+static int feed_circuit(struct peer *pe, enum verdict v, int64_t now)
+{
+	switch (v) {
+	case V_OK:
+		return circuit_success(pe->http, now) ? -1 : 0;
+	case V_FAIL:
+		return circuit_failure(pe->http, now) ? 1 : 0;
+	case V_NONE:
+		circuit_abandon(pe->http, now);
+		break;
+	}
+	return 0;
+}
+
+/* Logs a change of @pe's circuit that feed_circuit() reported as @move; @why is the failure. */
+static void log_circuit(struct peers *p, struct peer *pe, int move, const char *why)
+{
+	struct circuit_info ci;
+	int64_t now = mono_ns();
+	double wait_s;
+
+	if (!move)
+		return;
+	if (move < 0) {
+		log_msg(LOG_INFO, "peer %s: circuit closed (the probe succeeded)", pe->name);
+		return;
+	}
+	circuit_get(pe->http, &ci);
+	wait_s = ci.retry_at > now ? (double)(ci.retry_at - now) / 1e9 : 0;
+	if (ci.failed_probes == 0)
+		log_msg(LOG_WARNING, "peer %s: circuit open after %u failures in a row (%s): no "
+			"requests to it for %.1f s", pe->name, p->circuit_threshold, why, wait_s);
+	else
+		log_msg(LOG_INFO, "peer %s: probe %u failed (%s): circuit open for %.1f s more",
+			pe->name, ci.failed_probes, why, wait_s);
+}
+
+/*
+ * When @pe is due again, at @now: the breaker's retry time while its circuit is open, else
+ * @closed_due. Lock held (p->lock, then the circuit's).
+ */
+static int64_t due_after(struct peers *p, struct peer *pe, int64_t now, int64_t closed_due)
+{
+	struct circuit_info ci;
+
+	circuit_get(pe->http, &ci);
+	switch (ci.state) {
+	case CIRCUIT_OPEN:
+		return ci.retry_at > now ? ci.retry_at : now;
+	case CIRCUIT_HALF_OPEN:
+		return now + p->interval_ns; /* someone else's probe is out; look again later */
+	default:
+		return closed_due;
+	}
+}
+
+/*
+ * Records how a pull of @pe ended: @err 0 = complete, else -errno with @msg; @v is what it says
+ * about the host for its circuit.
+ */
+static void record_pull(struct peers *p, struct peer *pe, int err, enum verdict v,
+			const char *msg)
 {
 	enum peer_state before;
 	uint32_t failures;
 	int64_t now = mono_ns();
+	int move = feed_circuit(pe, v, now);
+	bool open;
 
 	pthread_mutex_lock(&p->lock);
 	before = pe->st.state;
@@ -214,8 +313,11 @@ static void record_pull(struct peers *p, struct peer *pe, int err, const char *m
 									      PEER_DEGRADED;
 		snprintf(pe->st.last_error, sizeof(pe->st.last_error), "%s", msg);
 	}
+	open = circuit_state(pe->http) != CIRCUIT_CLOSED;
+	if (open)
+		pe->st.state = PEER_DOWN;
 	failures = pe->st.consecutive_failures;
-	pe->due = pe->notified ? now : now + next_delay_ns(p, pe);
+	pe->due = due_after(p, pe, now, pe->notified ? now : now + next_delay_ns(p, pe));
 	pe->notified = false;
 	if (!pe->attempted) {
 		pe->attempted = true;
@@ -224,13 +326,15 @@ static void record_pull(struct peers *p, struct peer *pe, int err, const char *m
 	}
 	pthread_mutex_unlock(&p->lock);
 
-	if (err == 0 && (before == PEER_DEGRADED || before == PEER_DOWN))
+	if (err == 0 && !open && (before == PEER_DEGRADED || before == PEER_DOWN))
 		log_msg(LOG_INFO, "peer %s: reachable again", pe->name);
-	else if (err && (failures == 1 || (failures == PEER_DOWN_AFTER && before != PEER_DOWN)))
+	else if (err && move <= 0 && !open &&
+		 (failures == 1 || (failures == PEER_DOWN_AFTER && before != PEER_DOWN)))
 		log_msg(LOG_WARNING, "peer %s: %s%s", pe->name, msg,
 			failures >= PEER_DOWN_AFTER ? " (host is down)" : "");
 	else if (err)
 		log_msg(LOG_DEBUG, "peer %s: %s", pe->name, msg);
+	log_circuit(p, pe, move, msg);
 }
 
 /* ---- parsing a manifest ---- */
@@ -730,9 +834,22 @@ out:
 	return ret;
 }
 
+/*
+ * What the pull_manifest() that returned @ret says about the host: it answered unless the
+ * request failed on its side. A pull that failed here (catalog, memory: pl->lost) after the
+ * host answered counts as an answer.
+ */
+static enum verdict pull_verdict(struct peers *p, int ret)
+{
+	if (ret == 0 || ret == -ESTALE || p->pull.lost)
+		return V_OK;
+	return V_FAIL;
+}
+
 /* Pulls @pe's manifest from where this node is in it, and records the outcome. */
 static void pull_host(struct peers *p, struct peer *pe)
 {
+	enum verdict v = V_NONE; /* until a request was made */
 	char msg[256] = "";
 	int64_t since = 0;
 	int ret;
@@ -744,6 +861,7 @@ static void pull_host(struct peers *p, struct peer *pe)
 		goto out;
 	}
 	ret = pull_manifest(p, pe, since, msg, sizeof(msg));
+	v = pull_verdict(p, ret);
 	if (ret == -ESTALE) {
 		log_msg(LOG_WARNING, "peer %s: %s: it has a new catalog, forgetting its entries",
 			pe->name, msg);
@@ -759,20 +877,27 @@ static void pull_host(struct peers *p, struct peer *pe)
 		if (p->ops.host_reset)
 			p->ops.host_reset(p->arg, pe->host_idx);
 		ret = pull_manifest(p, pe, 0, msg, sizeof(msg));
-		if (ret == -ESTALE) /* cannot happen from 0; never loop on it */
+		v = pull_verdict(p, ret);
+		if (ret == -ESTALE) { /* cannot happen from 0; never loop on it */
 			ret = -EPROTO;
+			v = V_FAIL;
+		}
 	}
 out:
 	if (ret != -ECANCELED || !is_stopping(p))
-		record_pull(p, pe, ret, msg);
+		record_pull(p, pe, ret, v, msg);
 }
 
-/* POST /v1/notify to every peer that is not down; failures are only worth a debug line. */
+/*
+ * POST /v1/notify to every peer that is not down and whose circuit is closed. Each outcome
+ * feeds the circuit; a failure counts as an error of the host, with a debug line.
+ */
 static void announce(struct peers *p, int64_t seq)
 {
-	char url[512], *body = NULL;
+	char url[512], *body = NULL, why[200];
 	json_t *o;
 	CURLcode cc;
+	int move;
 
 	o = json_pack("{s:s, s:I}", "node", p->cfg->node, "seq", (json_int_t)seq);
 	body = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -788,8 +913,9 @@ static void announce(struct peers *p, int64_t seq)
 		pthread_mutex_lock(&p->lock);
 		down = pe->st.state == PEER_DOWN;
 		pthread_mutex_unlock(&p->lock);
-		/* A down host pulls us on its own interval once it is back. */
-		if (down)
+		/* A down host pulls us on its own interval once it is back; an open circuit
+		 * means no request at all. */
+		if (down || circuit_state(pe->http) != CIRCUIT_CLOSED)
 			continue;
 		snprintf(url, sizeof(url), "%s/v1/notify", pe->base_url);
 		setup_request(p, url, PEER_NOTIFY_CONNECT_MS, PEER_NOTIFY_TIMEOUT_MS);
@@ -797,9 +923,20 @@ static void announce(struct peers *p, int64_t seq)
 		curl_easy_setopt(p->curl, CURLOPT_HTTPHEADER, p->post_headers);
 		curl_easy_setopt(p->curl, CURLOPT_WRITEFUNCTION, on_discard);
 		cc = curl_easy_perform(p->curl);
-		if (cc != CURLE_OK)
-			log_msg(LOG_DEBUG, "peer %s: notify seq %lld: %s", pe->name, (long long)seq,
-				p->curl_err[0] ? p->curl_err : curl_easy_strerror(cc));
+		if (cc == CURLE_ABORTED_BY_CALLBACK || cc == CURLE_OUT_OF_MEMORY)
+			continue; /* stopping, or this node's trouble: nothing about the host */
+		if (cc == CURLE_OK) {
+			log_circuit(p, pe, feed_circuit(pe, V_OK, mono_ns()), "");
+			continue;
+		}
+		describe_curl_error(p, pe, cc, why, sizeof(why));
+		move = feed_circuit(pe, V_FAIL, mono_ns());
+		pthread_mutex_lock(&p->lock);
+		pe->st.errors++;
+		snprintf(pe->st.last_error, sizeof(pe->st.last_error), "notify: %s", why);
+		pthread_mutex_unlock(&p->lock);
+		log_msg(LOG_DEBUG, "peer %s: notify seq %lld: %s", pe->name, (long long)seq, why);
+		log_circuit(p, pe, move, why);
 	}
 	free(body);
 }
@@ -831,6 +968,12 @@ static void *peers_main(void *arg)
 		now = mono_ns();
 		if (next && next->due <= now) {
 			next->notified = false;
+			/* An open circuit: nothing goes to the host before the breaker lets the
+			 * probe (this very pull) through. */
+			if (!circuit_allow(next->http, now)) {
+				next->due = due_after(p, next, now, now + p->interval_ns);
+				continue;
+			}
 			pthread_mutex_unlock(&p->lock);
 			pull_host(p, next);
 			pthread_mutex_lock(&p->lock);
@@ -862,8 +1005,10 @@ static void peers_free(struct peers *p)
 	curl_slist_free_all(p->post_headers);
 	if (p->curl)
 		curl_easy_cleanup(p->curl);
-	for (size_t i = 0; i < p->n_peers; i++)
+	for (size_t i = 0; i < p->n_peers; i++) {
 		free(p->peers[i].base_url);
+		circuit_free(p->peers[i].http);
+	}
 	free(p->peers);
 	free(p->peer_of);
 	pthread_cond_destroy(&p->first_cond);
@@ -906,14 +1051,33 @@ out:
 	return ret;
 }
 
+/*
+ * The breaker settings from the config's auto_sync section; a value that is not positive (a
+ * config built in code) takes the default.
+ */
+static void circuit_settings(struct peers *p, struct circuit_params *cp)
+{
+	const struct mfs_config *cfg = p->cfg;
+
+	circuit_params_default(cp);
+	if (cfg->auto_sync.circuit_failure_threshold > 0)
+		cp->failure_threshold = (unsigned)cfg->auto_sync.circuit_failure_threshold;
+	if (cfg->auto_sync.circuit_recovery_seconds > 0)
+		cp->recovery_ns = (int64_t)cfg->auto_sync.circuit_recovery_seconds * 1000000000LL;
+	cp->probe_timeout_ns = (int64_t)PEER_PROBE_TIMEOUT_MS * NS_PER_MS;
+	p->circuit_threshold = cp->failure_threshold;
+}
+
 /* Fills in the peers: every active host but this one that has an address. */
 static int make_peers(struct peers *p)
 {
 	const struct mfs_config *cfg = p->cfg;
+	struct circuit_params cp;
 	char url[512];
 	int64_t now = mono_ns();
 	int ret = 0;
 
+	circuit_settings(p, &cp);
 	/* + 1: a config without hosts still gets non-NULL arrays. */
 	p->peer_of = calloc(cfg->n_hosts + 1, sizeof(*p->peer_of));
 	p->peers = calloc(cfg->n_hosts + 1, sizeof(*p->peers));
@@ -931,8 +1095,15 @@ static int make_peers(struct peers *p)
 			continue;
 		if (peers_base_url(cfg, i, url, sizeof(url)) != 0)
 			continue;
+		/* Seeded apart, so that nodes that lost the same host do not probe in step. */
+		cp.seed = (uint64_t)now ^ ((uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL);
+		ret = circuit_new(&cp, &pe->http);
+		if (ret)
+			goto out;
 		pe->base_url = strdup(url);
 		if (!pe->base_url) {
+			circuit_free(pe->http);
+			pe->http = NULL;
 			ret = -ENOMEM;
 			goto out;
 		}
@@ -1026,7 +1197,7 @@ void peers_stop(struct peers *p)
 void peers_notify(struct peers *p, const char *host)
 {
 	int64_t now = mono_ns();
-	bool any = false;
+	bool any = false, found = false, early = false;
 
 	if (!p)
 		return;
@@ -1036,6 +1207,24 @@ void peers_notify(struct peers *p, const char *host)
 
 		if (host && strcmp(pe->name, host) != 0)
 			continue;
+		found = true;
+		/*
+		 * Open circuit: the host telling us it changed says it is back, so its probe
+		 * goes now, or one recovery time after the circuit last (re)opened if that is
+		 * later — so a host that notifies while its manifest keeps failing cannot make us
+		 * ask it more often than that. A "pull everyone" (@host NULL) says nothing about
+		 * the host: it waits for its probe.
+		 */
+		if (circuit_state(pe->http) == CIRCUIT_OPEN) {
+			if (!host)
+				continue;
+			if (!circuit_expedite(pe->http, now)) {
+				early = true;
+				pe->due = due_after(p, pe, now, pe->due);
+				pthread_cond_signal(&p->wake); /* it may be sooner than the thread thinks */
+				continue;
+			}
+		}
 		if (pe->due > now)
 			pe->due = now;
 		pe->notified = true;
@@ -1044,8 +1233,11 @@ void peers_notify(struct peers *p, const char *host)
 	if (any)
 		pthread_cond_signal(&p->wake);
 	pthread_mutex_unlock(&p->lock);
-	if (!any && host)
+	if (!found && host)
 		log_msg(LOG_DEBUG, "peers: notify from %s, which is not a pulled host", host);
+	else if (early)
+		log_msg(LOG_DEBUG, "peers: notify from %s, whose circuit opened less than a "
+			"recovery time ago: probing it when that is over", host);
 }
 
 void peers_announce(struct peers *p, int64_t seq)
@@ -1063,37 +1255,81 @@ void peers_announce(struct peers *p, int64_t seq)
 
 void peers_status(struct peers *p, size_t host_idx, struct peer_status *out)
 {
+	struct circuit_info ci;
 	struct peer *pe;
+	int64_t now;
 
 	if (!out)
 		return;
 	memset(out, 0, sizeof(*out));
+	out->circuit = CIRCUIT_CLOSED;
 	pe = peer_by_idx(p, host_idx);
 	if (!pe)
 		return;
 	pthread_mutex_lock(&p->lock);
 	*out = pe->st;
+	circuit_get(pe->http, &ci);
 	pthread_mutex_unlock(&p->lock);
+	out->circuit = ci.state;
+	if (ci.state != CIRCUIT_CLOSED)
+		out->state = PEER_DOWN;
+	now = mono_ns();
+	if (ci.state == CIRCUIT_OPEN && ci.retry_at > now)
+		out->probe_in_ms = (ci.retry_at - now + NS_PER_MS - 1) / NS_PER_MS;
+}
+
+bool peers_allow(struct peers *p, size_t host_idx)
+{
+	struct peer *pe = peer_by_idx(p, host_idx);
+
+	return !pe || circuit_state(pe->http) == CIRCUIT_CLOSED;
+}
+
+/* What a fetch that ended with @err says about its host (see peers_record_transfer). */
+static enum verdict transfer_verdict(int err)
+{
+	switch (err) {
+	case 0:
+	case -ENOENT:
+	case -ESTALE:
+		return V_OK;
+	case -ECANCELED:
+	case -ENOSPC:
+	case -EDQUOT:
+	case -ENOMEM:
+		return V_NONE;
+	default:
+		return V_FAIL;
+	}
 }
 
 void peers_record_transfer(struct peers *p, size_t host_idx, uint64_t bytes, int64_t ns, int err)
 {
 	struct peer *pe = peer_by_idx(p, host_idx);
+	enum verdict v = transfer_verdict(err);
+	char why[160] = "";
+	int move = 0;
 	double bps;
 
 	if (!pe)
 		return;
+	/* Not the host's doing: neither an error of it nor anything for its circuit (and a
+	 * V_NONE must not give back a probe that is not the fetcher's). */
+	if (v != V_NONE)
+		move = feed_circuit(pe, v, mono_ns());
+	if (err)
+		snprintf(why, sizeof(why), "fetch: %s", strerror(err < 0 ? -err : err));
 	pthread_mutex_lock(&p->lock);
-	if (err) {
+	if (err && v != V_NONE) {
 		pe->st.errors++;
-		snprintf(pe->st.last_error, sizeof(pe->st.last_error), "fetch: %s",
-			 strerror(err < 0 ? -err : err));
-	} else if (bytes >= PEER_MIN_SAMPLE_BYTES && ns > 0) {
+		snprintf(pe->st.last_error, sizeof(pe->st.last_error), "%s", why);
+	} else if (!err && bytes >= PEER_MIN_SAMPLE_BYTES && ns > 0) {
 		bps = (double)bytes * 1e9 / (double)ns;
 		pe->st.throughput_bps = pe->st.throughput_bps > 0 ?
 			PEER_EWMA_ALPHA * bps + (1 - PEER_EWMA_ALPHA) * pe->st.throughput_bps : bps;
 	}
 	pthread_mutex_unlock(&p->lock);
+	log_circuit(p, pe, move, why);
 }
 
 int peers_wait_first_pull(struct peers *p, int timeout_ms)

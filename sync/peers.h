@@ -14,6 +14,15 @@
  * failures, error count, last error, and the throughput measured by fetches
  * (peers_record_transfer), which the fetcher uses to weigh sources.
  *
+ * Each host also has a circuit breaker for its HTTP transport (sync/circuit.h; threshold and
+ * recovery from auto_sync.circuit_failure_threshold / circuit_recovery_seconds). Manifest
+ * pulls, announcements and the fetches reported through peers_record_transfer() feed it.
+ * While it is open nothing is asked of the host: no pull, no announcement, and peers_allow()
+ * tells the fetcher not to use it. Once the wait is over the peers thread probes the host with
+ * the manifest pull itself; a success closes the circuit, a failure re-opens it for twice as
+ * long (up to 16×). A notification from the host (it is back) lets that probe go early, at
+ * most once per recovery time.
+ *
  * Requests carry "Authorization: Bearer <token>" when the config has a token, and have
  * connect and low-speed timeouts, so a dead or stalled peer costs seconds, never a hang.
  */
@@ -25,6 +34,7 @@
 #include <stdint.h>
 
 #include "sync/catalog.h"
+#include "sync/circuit.h"
 #include "sync/config.h"
 
 struct peers;
@@ -45,11 +55,13 @@ enum peer_state {
 };
 
 struct peer_status {
-	enum peer_state state;
+	enum peer_state state;		/* PEER_DOWN whenever the circuit is not closed */
+	enum circuit_state circuit;	/* of the host's HTTP transport */
+	int64_t probe_in_ms;		/* circuit open: ms until the next probe may go; else 0 */
 	int64_t last_seen;		/* unix seconds of the last successful request; 0 = never */
 	int64_t last_seq;		/* position in its manifest */
-	uint64_t errors;		/* failed requests since start */
-	uint32_t consecutive_failures;
+	uint64_t errors;		/* failed requests since start (pulls, announcements, fetches) */
+	uint32_t consecutive_failures;	/* manifest pulls that failed in a row */
 	double throughput_bps;		/* bytes/s measured by fetches; 0 = unknown */
 	char last_error[256];
 };
@@ -69,10 +81,31 @@ void peers_notify(struct peers *p, const char *host);
  * background. */
 void peers_announce(struct peers *p, int64_t seq);
 
-/* A snapshot of what is known of host @host_idx. */
+/* A snapshot of what is known of host @host_idx (all zero, circuit closed, for a host that
+ * is not pulled: this node, inactive hosts, hosts without an address). Takes p->lock. */
 void peers_status(struct peers *p, size_t host_idx, struct peer_status *out);
 
-/* A fetch from @host_idx moved @bytes in @ns nanoseconds, or failed with @err (-errno). */
+/*
+ * May the fetcher use @host_idx as a source now? True when its HTTP circuit is closed; false
+ * while it is open or half-open (the peers thread owns the half-open probe, so this never
+ * consumes it and may be called for every candidate as often as wanted). True for a host
+ * that has no circuit (not pulled: this node, inactive hosts) and when @p is NULL. Cheap:
+ * takes only the circuit's own leaf mutex, so it may be called with the caller's locks held.
+ */
+bool peers_allow(struct peers *p, size_t host_idx);
+
+/*
+ * A fetch from @host_idx moved @bytes in @ns nanoseconds (@err 0), or failed with @err
+ * (-errno). Feeds the throughput estimate, the error count and the host's circuit:
+ *   - 0 is a success;
+ *   - -ENOENT and -ESTALE (the host answered: it no longer has that path or version) count
+ *     as a success for the circuit, and as an error;
+ *   - -ECANCELED, -ENOSPC, -EDQUOT, -ENOMEM (this node's side: stopping, cache full, memory)
+ *     are neither: not an error of the host, not counted by the circuit;
+ *   - anything else (refused, reset, timed out, stalled, HTTP errors, corrupt data — report
+ *     a chunk that failed its hash as -EBADMSG or -EIO) is a failure.
+ * A failure that opens the circuit is logged. Takes p->lock, never held on return.
+ */
 void peers_record_transfer(struct peers *p, size_t host_idx, uint64_t bytes, int64_t ns,
 			   int err);
 

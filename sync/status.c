@@ -12,10 +12,12 @@
  *     the first scan is done);
  *   - every other host as the manifest pulls saw it (sync/peers.h): up / degraded / down, the
  *     time since the last successful pull (its lag), and the failed requests; a host never
- *     reached has last_seen_s and lag_s null. Circuits arrive with the coordinator: "closed";
- *   - copies of this node's files that other hosts hold are not tracked yet (replication is
- *     the AutoSync issue), so every own file counts as unreplicated whenever
- *     replication_target > 0.
+ *     reached has last_seen_s and lag_s null. Its circuit is its HTTP transport's breaker
+ *     (sync/circuit.h): closed / open / half-open. A host whose circuit is not closed is
+ *     "down", whatever its last pull said: nothing is asked of it until a probe succeeds;
+ *   - this node's unreplicated bytes are AutoSync's count from its last pass (own files
+ *     with fewer copies on other hosts than replication_target, sync/autosync.h); before the
+ *     first pass every own byte counts, whenever replication_target > 0.
  */
 #include "sync/status.h"
 
@@ -25,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sync/autosync.h"
 #include "sync/catalog.h"
 #include "sync/config.h"
 #include "sync/cache.h"
@@ -32,6 +35,7 @@
 #include "sync/indexer.h"
 #include "sync/log.h"
 #include "sync/peers.h"
+#include "sync/router.h"
 #include "sync/util.h"
 
 #define STALE_LAG_S (30 * 60)
@@ -44,6 +48,9 @@ struct host_view {
 	bool reached;		/* ever heard from: lag_s and last_seen_s are valid */
 	const char *state;	/* up / degraded / down */
 	const char *circuit;	/* closed / open / half-open */
+	bool circuit_open;	/* open or half-open: nothing can be synced with it now */
+	bool probe_wait;	/* open: next_probe_s is valid */
+	int64_t next_probe_s;	/* open: seconds until its next probe may go (rounded up) */
 	int64_t lag_s;
 	int64_t last_seen_s;
 	uint64_t errors;
@@ -68,23 +75,11 @@ struct snap {
  * The strategy in effect. `auto` resolves from this node's config entry: an ephemeral node
  * replicates its own data out (ephemeral); a node that produces models announces them
  * (broadcast) — a role containing "training_primary" or the "coordinator" role; any other
- * node fetches on read and by priority (hybrid).
+ * node fetches on read and by priority (hybrid). See router_strategy().
  */
 static const char *effective_strategy(const struct mfs_config *cfg)
 {
-	const struct cfg_host *self = cfg->self;
-	enum cfg_strategy s = cfg->auto_sync.strategy;
-
-	if (s == CFG_STRATEGY_AUTO) {
-		if (self->is_ephemeral)
-			s = CFG_STRATEGY_EPHEMERAL;
-		else if (self->role && (strstr(self->role, "training_primary") ||
-					strcmp(self->role, "coordinator") == 0))
-			s = CFG_STRATEGY_BROADCAST;
-		else
-			s = CFG_STRATEGY_HYBRID;
-	}
-	return config_strategy_name(s);
+	return config_strategy_name(router_strategy(cfg, cfg->self));
 }
 
 static bool host_excluded(const struct mfs_config *cfg, const char *name)
@@ -98,17 +93,21 @@ static bool host_excluded(const struct mfs_config *cfg, const char *name)
 
 /*
  * Bytes of this node's own live files that have fewer verified copies on other hosts than
- * replication_target. No copy elsewhere is tracked before the cluster issue, so each file
- * has 0 copies and the sum is all of @own_bytes when the target is positive. Per-file
- * accounting replaces this once peers report what they hold.
+ * replication_target: AutoSync's count (its last pass), plus what this node has published
+ * since (new data has no copies yet); all of @own_bytes before the first pass.
  */
-static uint64_t own_unreplicated(const struct mfs_config *cfg, uint64_t own_bytes)
+static uint64_t own_unreplicated(const struct snap *s, uint64_t own_bytes)
 {
-	const uint64_t copies_elsewhere = 0;
+	struct autosync_status as;
+	uint64_t n;
 
-	if (cfg->sync_routing.replication_target <= 0)
+	if (s->cfg->sync_routing.replication_target <= 0)
 		return 0;
-	return copies_elsewhere < (uint64_t)cfg->sync_routing.replication_target ? own_bytes : 0;
+	autosync_get_status(s->d->autosync, s->cfg, &as);
+	if (!as.counted)
+		return own_bytes;
+	n = as.unreplicated_bytes + (own_bytes > as.own_bytes ? own_bytes - as.own_bytes : 0);
+	return n < own_bytes ? n : own_bytes;
 }
 
 /*
@@ -164,7 +163,7 @@ static int host_views(struct snap *s, bool peer_totals)
 			v->lag_s = s->now > since ? s->now - since : 0;
 			v->errors = s->ix.unreadable;
 			self_totals(s, &v->files, &v->bytes);
-			v->unreplicated = own_unreplicated(cfg, v->bytes);
+			v->unreplicated = own_unreplicated(s, v->bytes);
 		} else {
 			struct peer_status ps = { 0 };
 
@@ -176,7 +175,11 @@ static int host_views(struct snap *s, bool peer_totals)
 			v->last_seen_s = v->reached && s->now > ps.last_seen ? s->now - ps.last_seen : 0;
 			v->lag_s = v->last_seen_s;
 			v->errors = ps.errors;
-			switch (v->reached ? ps.state : PEER_DOWN) {
+			v->circuit = circuit_state_name(ps.circuit);
+			v->circuit_open = ps.circuit != CIRCUIT_CLOSED;
+			v->probe_wait = ps.circuit == CIRCUIT_OPEN;
+			v->next_probe_s = (ps.probe_in_ms + 999) / 1000;
+			switch (v->reached && !v->circuit_open ? ps.state : PEER_DOWN) {
 			case PEER_UP:
 				v->state = "up";
 				break;
@@ -323,10 +326,11 @@ static json_t *host_health_json(const struct host_view *v)
 			 "active", v->h->active);
 }
 
-/* One entry of the report "hosts" array. */
+/* One entry of the report "hosts" array (plus "active", and "next_probe_s": null unless the
+ * circuit is open). */
 static json_t *host_report_json(const struct host_view *v)
 {
-	return json_pack("{s:s,s:s,s:s,s:o,s:I,s:I,s:I,s:b}",
+	return json_pack("{s:s,s:s,s:s,s:o,s:I,s:I,s:I,s:b,s:o}",
 			 "name", v->h->name,
 			 "state", v->state,
 			 "circuit", v->circuit,
@@ -334,7 +338,8 @@ static json_t *host_report_json(const struct host_view *v)
 			 "files", (json_int_t)v->files,
 			 "bytes", (json_int_t)v->bytes,
 			 "unreplicated_bytes", (json_int_t)v->unreplicated,
-			 "active", v->h->active);
+			 "active", v->h->active,
+			 "next_probe_s", opt_int(v->probe_wait, v->next_probe_s));
 }
 
 /*
@@ -374,8 +379,11 @@ out:
 /*
  * Recommendations: a critical host is to be synced now — at "critical" priority when it is
  * an ephemeral node holding unreplicated data (it may vanish with it), "high" when it is
- * just far behind; a stale host is scheduled at "normal". Hosts that sync_routing excludes
- * get none: nothing is synced with them.
+ * just far behind; a stale host is scheduled at "normal". A host whose circuit is open (or
+ * half-open) cannot be synced now — nothing is asked of it until its probe succeeds — so a
+ * critical one is scheduled instead, at the priority it would have had; a host that is down
+ * but not yet behind needs nothing. Hosts that sync_routing excludes get none: nothing is
+ * synced with them.
  */
 static int add_recommendations(const struct snap *s, json_t *stale, json_t *critical,
 			       json_t *recs)
@@ -396,7 +404,7 @@ static int add_recommendations(const struct snap *s, json_t *stale, json_t *crit
 		}
 		if (host_excluded(s->cfg, v->h->name))
 			continue;
-		action = v->critical ? "sync_now" : "schedule";
+		action = v->critical && !v->circuit_open ? "sync_now" : "schedule";
 		priority = v->critical_unreplicated ? "critical" : v->critical ? "high" : "normal";
 		rec = json_pack("{s:s,s:s,s:s}",
 				"host", v->h->name,
@@ -413,7 +421,7 @@ out:
 
 /*
  * The `meshfs status --json` object (INTERFACE.md), plus "uptime_s", "indexer" and, per
- * host, "active". Returns new JSON, or NULL when memory runs out.
+ * host, "active" and "next_probe_s". Returns new JSON, or NULL when memory runs out.
  */
 json_t *status_report(struct daemon *d)
 {
@@ -570,16 +578,20 @@ void status_print_human(json_t *report, FILE *out)
 		"LAG", "FILES", "BYTES", "UNREPLICATED");
 	json_array_foreach(hosts, i, h) {
 		const char *name = jstr(h, "name");
-		char label[256], lag[24], bytes[32], unrepl[32];
+		char label[256], lag[24], bytes[32], unrepl[32], probe[48] = "";
 		json_t *active = json_object_get(h, "active");
+		json_t *next_probe = json_object_get(h, "next_probe_s");
 
 		snprintf(label, sizeof(label), "%s%s", name, strcmp(name, node) == 0 ? " *" : "");
 		fmt_lag(json_object_get(h, "lag_s"), lag, sizeof(lag));
 		fmt_bytes(jint(h, "bytes"), bytes, sizeof(bytes));
 		fmt_bytes(jint(h, "unreplicated_bytes"), unrepl, sizeof(unrepl));
-		fprintf(out, "%-*s  %-8s  %-9s  %6s  %10" PRIu64 "  %10s  %12s%s\n", width, label,
+		if (json_is_integer(next_probe))
+			snprintf(probe, sizeof(probe), "  (next probe in %llds)",
+				 (long long)json_integer_value(next_probe));
+		fprintf(out, "%-*s  %-8s  %-9s  %6s  %10" PRIu64 "  %10s  %12s%s%s\n", width, label,
 			jstr(h, "state"), jstr(h, "circuit"), lag, jint(h, "files"), bytes, unrepl,
-			json_is_false(active) ? "  (inactive)" : "");
+			json_is_false(active) ? "  (inactive)" : "", probe);
 	}
 	fprintf(out, "(* this node; LAG = time since the host's data was last confirmed)\n\n");
 

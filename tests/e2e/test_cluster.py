@@ -43,6 +43,7 @@ from meshfs_harness import errno_of, wait_until
 
 MiB = 1 << 20
 CHUNK = 4 * MiB
+BLOCK = 64 * 1024
 P = "user.meshfs."
 PUBLISH_WITHIN = 5   # a node's own file: publish_quiet_seconds is 0.5 in the harness config
 REMOTE_WITHIN = 6    # another node's: manifests are pulled every ~2 s, and at once on notify
@@ -319,12 +320,13 @@ class _Served:
 class HttpProxy(_Served):
     """Forwards HTTP between one node and @upstream's data server (a Node).
 
-    Records every request as (method, path, Range header); with @rate (bytes/s) sends each
+    Records every request as (method, path, Range header, is a probe: asked for block hashes
+    with X-Meshfs-Want-Blocks); with @rate (bytes/s) sends each
     file body (GET /v1/files/...) no faster than that; with @corrupt flips one byte in the
     middle of every file body it passes on. When the upstream fails (refused, reset, body cut
     short), the client's connection is closed without an answer or mid-body, as a dying server's
     would be. Counters: corrupted (bodies changed), cut (bodies cut short), active_bodies (file
-    bodies being sent now), body_bytes (file body bytes sent).
+    bodies being sent now), body_bytes (file body bytes sent), probe_bytes (of which probes).
     """
 
     name = "proxy"
@@ -338,15 +340,18 @@ class HttpProxy(_Served):
         self.cut = 0
         self.active_bodies = 0
         self.body_bytes = 0
+        self.probe_bytes = 0
         super().__init__(address)
 
-    def file_requests(self, rel=None):
-        """Range headers (None = none) of the GET /v1/files requests, of @rel if given."""
+    def file_requests(self, rel=None, probes=False):
+        """Range headers (None = none) of the GET /v1/files requests, of @rel if given: the
+        chunk transfers, or with @probes the probes (a reader's few blocks, see fetch.c)."""
         with self.lock:
             reqs = list(self.requests)
         prefix = "/v1/files/" + (quote(rel) if rel else "")
-        return [rng for method, path, rng in reqs
-                if method == "GET" and (path == prefix if rel else path.startswith(prefix))]
+        return [rng for method, path, rng, probe in reqs
+                if method == "GET" and (path == prefix if rel else path.startswith(prefix))
+                and probe == probes]
 
     def _add(self, counter, n=1):
         with self.lock:
@@ -357,7 +362,8 @@ class HttpProxy(_Served):
         body = hd.rfile.read(length) if length else None
         is_file = hd.command == "GET" and urlsplit(hd.path).path.startswith("/v1/files/")
         with self.lock:
-            self.requests.append((hd.command, urlsplit(hd.path).path, hd.headers.get("Range")))
+            self.requests.append((hd.command, urlsplit(hd.path).path, hd.headers.get("Range"),
+                                  hd.headers.get("X-Meshfs-Want-Blocks") is not None))
         headers = {k: v for k, v in hd.headers.items() if k.lower() not in HOP_HEADERS}
         up = http.client.HTTPConnection(*self.upstream, timeout=CONN_TIMEOUT)
         try:
@@ -376,13 +382,14 @@ class HttpProxy(_Served):
                 if hd.command != "HEAD":
                     hd.wfile.write(data)
                 return
-            self._stream_body(hd, resp, out_headers)
+            self._stream_body(hd, resp, out_headers,
+                              hd.headers.get("X-Meshfs-Want-Blocks") is not None)
         except OSError:
             pass    # the client went away
         finally:
             up.close()
 
-    def _stream_body(self, hd, resp, out_headers):
+    def _stream_body(self, hd, resp, out_headers, probe):
         total = resp.length
         self.send_head(hd, resp.status, out_headers, total, resp.reason)
         flip_at = total // 2 if self.corrupt and total and resp.status in (200, 206) else None
@@ -408,6 +415,8 @@ class HttpProxy(_Served):
                 hd.wfile.write(piece)
                 sent += len(piece)
                 self._add("body_bytes", len(piece))
+                if probe:
+                    self._add("probe_bytes", len(piece))
                 if self.rate:
                     ahead = sent / self.rate - (time.monotonic() - t0)
                     if ahead > 0:
@@ -632,6 +641,7 @@ def test_small_read_of_a_big_remote_file_does_not_wait_for_the_rest(servers, mak
         present = cached_bytes(path)
         st = state_of(path)
         ranges = proxy.file_requests(rel)
+        probe_ranges = proxy.file_requests(rel, probes=True)
     finally:
         os.close(fd)
     assert got == data[off:off + 4096], "the small read returned wrong bytes"
@@ -639,13 +649,22 @@ def test_small_read_of_a_big_remote_file_does_not_wait_for_the_rest(servers, mak
         f"cached_bytes {present} right after one 4 KiB read of {size}: the read waited for " \
         "(much of) the whole file"
     assert st in ("partial", "fetching"), st
-    # The chunk holding the offset was asked for at once, not after the chunks before it:
-    # when the read returned, only a few of the 16 chunks had been asked for. (Which request
-    # reaches a first is not fixed: the background completion may start in the same breath.)
+    # It was answered from a probe: a request for just the 64 KiB blocks around it (the
+    # kernel may widen the read to its read-ahead), verified against their block hashes.
+    probes = [tuple(int(x) for x in r.partition("=")[2].split("-")) for r in probe_ranges]
+    assert any(first <= off and off + 4096 <= last + 1 and first % BLOCK == 0 and
+               last + 1 - first <= MiB for first, last in probes), \
+        f"no probe of a few blocks covers {off}: {probe_ranges}"
+    # The chunks were not asked for in order from the start: only a few of the 16 had been
+    # asked for when the read returned. (Which request reaches a first is not fixed: the
+    # background completion may start in the same breath.)
     asked = sorted({i for r in ranges for i in chunks_of_range(r, size)})
-    assert off // CHUNK in asked, f"chunk {off // CHUNK} never asked for: {ranges}"
     assert len(asked) < size // CHUNK // 2, f"chunks asked before the read returned: {asked}"
     assert took < 8 * h.SLOW, f"a 4 KiB read took {took:.1f} s"
+    # The chunk holding the offset is fetched all the same, at once.
+    wait_until(lambda: off // CHUNK in {i for r in proxy.file_requests(rel)
+                                        for i in chunks_of_range(r, size)}, 10,
+               message=f"chunk {off // CHUNK} asked for")
 
     # The rest reads right too, and then the file is complete.
     assert read_bytes(path) == data
@@ -662,8 +681,9 @@ def test_source_killed_mid_read_the_read_completes_from_another(servers, make_cl
     a, b, c = cluster["a"], cluster["b"], cluster["c"]
     # b reaches both a and c through slow proxies, so that transfers are under way for a while
     # and both hosts get some of them.
-    pa = servers(subnet_address(cluster, 100), a, rate=4 * MiB)
-    pc = servers(subnet_address(cluster, 101), c, rate=4 * MiB)
+    # (The rate is per transfer and about ten run at once: the whole file takes seconds.)
+    pa = servers(subnet_address(cluster, 100), a, rate=1 * MiB)
+    pc = servers(subnet_address(cluster, 101), c, rate=1 * MiB)
     route_via(b, a, pa)
     route_via(b, c, pc)
     size = 48 * MiB + 4321
@@ -899,7 +919,14 @@ def test_concurrent_readers_of_a_cold_file_share_each_chunk_transfer(servers, ma
             per_chunk[i] += 1
     assert per_chunk == [1] * nchunks, \
         f"transfers per chunk {per_chunk} for {nreaders} readers (ranges asked: {ranges})"
-    assert proxy.body_bytes == size
+    # Besides, each first read (at a chunk's start) may have had a probe of its few blocks,
+    # shared by the readers starting at the same place.
+    probes = proxy.file_requests(rel, probes=True)
+    assert len(probes) <= nchunks, f"probes {probes}"
+    for rng in probes:
+        first, last = (int(x) for x in rng.partition("=")[2].split("-"))
+        assert first % BLOCK == 0 and last - first < MiB, f"probe {rng}"
+    assert proxy.body_bytes == size + proxy.probe_bytes
     wait_state(path, "cached", 30)
 
 

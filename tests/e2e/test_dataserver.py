@@ -286,6 +286,42 @@ def test_chunks_match_the_file(make_cluster):
     assert get(n1, "/v1/chunks/models/exact.pth").status == 404
 
 
+def test_block_hashes_come_with_a_range_of_whole_blocks(make_cluster):
+    cluster = serve(make_cluster)
+    n1 = cluster["n1"]
+    BLOCK = 64 * 1024
+    big = h.random_bytes(CHUNK + 3 * BLOCK + 100, seed=9)   # chunk 1: 4 blocks, the last short
+    h.write_file(n1.local("models", "big.pth"), big)
+    h.write_file(n1.local("models", "tiny.pth"), b"tiny")
+    start(cluster)
+    whole = h.xxh128_bytes(big)
+    wait_manifest(n1, {("models", "big.pth"): whole})
+    want = {"X-Meshfs-Want-Blocks": "1"}
+
+    def blocks_of(first_block, n):
+        return [h.xxh128_bytes(big[(first_block + i) * BLOCK:(first_block + i + 1) * BLOCK])
+                for i in range(n)]
+
+    def ask(first, last, headers=want):
+        r = get(n1, "/v1/files/models/big.pth", headers=dict(headers, Range=f"bytes={first}-{last}"))
+        assert r.status == 206 and r.body == big[first:last + 1], r
+        return r.header("x-meshfs-blocks")
+
+    # Three blocks in the middle of chunk 0.
+    assert ask(5 * BLOCK, 8 * BLOCK - 1) == f"{BLOCK} 5 " + ",".join(blocks_of(5, 3))
+    # Across the chunk boundary, to the end of the file (the last block is short).
+    assert ask(63 * BLOCK, len(big) - 1) == f"{BLOCK} 63 " + ",".join(blocks_of(63, 5))
+    # Not asked for, not whole blocks, or more than a chunk's worth: no hashes (the bytes
+    # are served all the same).
+    assert ask(0, BLOCK - 1, headers={}) is None
+    assert ask(100, BLOCK - 1) is None
+    assert ask(0, BLOCK) is None
+    assert ask(0, CHUNK + BLOCK - 1) is None
+    # A file of one block: its hash is the block's.
+    r = get(n1, "/v1/files/models/tiny.pth", headers=dict(want, Range="bytes=0-3"))
+    assert r.status == 206 and r.header("x-meshfs-blocks") == f"{BLOCK} 0 " + h.xxh128_bytes(b"tiny")
+
+
 # --- files --------------------------------------------------------------------------------------
 
 @pytest.mark.meshfs_timeout(240)

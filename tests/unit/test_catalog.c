@@ -137,6 +137,60 @@ static int publish(struct catalog *cat, const char *host, const char *category,
 	free(c);
 	return ret;
 }
+/* Block hashes of a published version: slices across chunks, one-block chunks, refusals. */
+static void test_blocks(void)
+{
+	struct catalog *cat = open_ok("blocks.db");
+	uint64_t size = 4 * MIB + 64 * 1024 + 10; /* chunk 0: 64 blocks; chunk 1: 2 blocks */
+	size_t nb = (size_t)((size + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE);
+	struct cat_entry e = mk_entry("me", "models", "big.pth", size, 3);
+	struct hash128 *c = mk_chunks(size, 3), *b = calloc(nb, sizeof(*b)), out[4], other;
+	struct cat_publish pub = { 0 };
+
+	if (!cat || !c || !b)
+		goto out;
+	for (size_t i = 0; i < nb; i++)
+		b[i] = (struct hash128){ .hi = 1000 + i, .lo = 3 };
+	pub.e = e;
+	pub.chunks = c;
+	pub.n_chunks = n_chunks_for(size);
+	pub.blocks = b;
+	pub.n_blocks = nb - 1;
+	CHECK_EQ_INT(catalog_publish_local_batch(cat, &pub, 1), -EINVAL); /* wrong count */
+	pub.n_blocks = nb;
+	CHECK_EQ_INT(catalog_publish_local_batch(cat, &pub, 1), 0);
+
+	/* Across the chunk boundary: blocks 63 (chunk 0) .. 65 (chunk 1, the last). */
+	CHECK_EQ_INT(catalog_get_blocks(cat, "me", "models", "big.pth", &e.hash, 63, 3, out), 0);
+	for (size_t i = 0; i < 3; i++)
+		CHECK(out[i].hi == 1000 + 63 + i && out[i].lo == 3);
+	/* Past the end, another version, another host, a missing path: not there. */
+	CHECK_EQ_INT(catalog_get_blocks(cat, "me", "models", "big.pth", &e.hash, 65, 2, out),
+		     -ENOENT);
+	other = (struct hash128){ .hi = 99, .lo = 99 };
+	CHECK_EQ_INT(catalog_get_blocks(cat, "me", "models", "big.pth", &other, 0, 1, out),
+		     -ENOENT);
+	CHECK_EQ_INT(catalog_get_blocks(cat, "you", "models", "big.pth", &e.hash, 0, 1, out),
+		     -ENOENT);
+	CHECK_EQ_INT(catalog_get_blocks(cat, "me", "models", "nope", &e.hash, 0, 1, out),
+		     -ENOENT);
+
+	/* Published without blocks: unknown for a chunk of several blocks... */
+	CHECK_EQ_INT(publish(cat, "me", "models", "old.pth", 2 * 64 * 1024, 4, NULL), 0);
+	e = mk_entry("me", "models", "old.pth", 2 * 64 * 1024, 4);
+	CHECK_EQ_INT(catalog_get_blocks(cat, "me", "models", "old.pth", &e.hash, 0, 1, out),
+		     -ENODATA);
+	/* ...while a chunk of one block has its chunk hash as its block hash. */
+	CHECK_EQ_INT(publish(cat, "me", "models", "small.pth", 100, 5, NULL), 0);
+	e = mk_entry("me", "models", "small.pth", 100, 5);
+	CHECK_EQ_INT(catalog_get_blocks(cat, "me", "models", "small.pth", &e.hash, 0, 1, out), 0);
+	CHECK(out[0].hi == 5 && out[0].lo == 0);
+out:
+	free(b);
+	free(c);
+	catalog_close(cat);
+}
+
 
 struct got {
 	int calls;
@@ -187,9 +241,9 @@ static void test_open_create(void)
 	if (!cat)
 		return;
 	CHECK_EQ_INT(catalog_schema_version(cat), CATALOG_SCHEMA_VERSION);
-	CHECK_EQ_INT(CATALOG_SCHEMA_VERSION, 3);
+	CHECK_EQ_INT(CATALOG_SCHEMA_VERSION, 4);
 	catalog_close(cat);
-	CHECK_EQ_INT(raw_int(db_path("state/deep/catalog.db"), "PRAGMA user_version"), 3);
+	CHECK_EQ_INT(raw_int(db_path("state/deep/catalog.db"), "PRAGMA user_version"), 4);
 	mode = raw_text(db_path("state/deep/catalog.db"), "PRAGMA journal_mode");
 	CHECK_EQ_STR(mode, "wal");
 	free(mode);
@@ -758,6 +812,7 @@ static void test_migrate_v1_to_v2(void)
 	CHECK_EQ_INT(catalog_schema_version(cat), CATALOG_SCHEMA_VERSION);
 	CHECK(cap_has("migrated to version 2"));
 	CHECK(cap_has("migrated to version 3"));
+	CHECK(cap_has("migrated to version 4"));
 
 	/* Everything version 1 held is still there. */
 	CHECK_EQ_INT(catalog_get(cat, "me", "games", "g1.db", get_cb, &g), 0);
@@ -1131,7 +1186,7 @@ TEST_MAIN(TEST(test_open_create), TEST(test_open_memory), TEST(test_open_bad_arg
 	  TEST(test_open_unwritable), TEST(test_publish_get), TEST(test_publish_invalid),
 	  TEST(test_seq_monotonic), TEST(test_foreach_changes), TEST(test_callback_reentry),
 	  TEST(test_confirm), TEST(test_totals), TEST(test_publish_batch_and_totals),
-	  TEST(test_pins), TEST(test_meta),
+	  TEST(test_pins), TEST(test_meta), TEST(test_blocks),
 	  TEST(test_migrate_v1_to_v2), TEST(test_refuse_future_version),
 	  TEST(test_refuse_not_a_catalog), TEST(test_concurrent_publishers),
 	  TEST(test_crash_consistency))

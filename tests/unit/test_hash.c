@@ -176,6 +176,42 @@ static void test_fd_sizes(void)
 	free(p);
 }
 
+/* Block hashes: one per 64 KiB, each the hash of its slice, the tail block short. */
+static void test_fd_blocks(void)
+{
+	static const size_t sizes[] = { 0, 1, 64 * 1024, 64 * 1024 + 1, MIB + 5, 4 * MIB + 64 * 1024 + 9 };
+	uint8_t *p = pattern(4 * MIB + 64 * 1024 + 9);
+
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		size_t len = sizes[k], want_n = (len + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE;
+		int fd = make_file("sized", p, len);
+		struct hash128 whole, ref, *chunks = NULL, *blocks = NULL;
+		size_t n = 0, nb = 99;
+		uint64_t size = 0;
+
+		CHECK_EQ_INT(hash_fd_blocks(fd, &whole, &size, &chunks, &n, &blocks, &nb), 0);
+		CHECK_EQ_INT(size, len);
+		ref = hash_buf(p, len);
+		CHECK(hash_equal(&whole, &ref));
+		CHECK_EQ_INT(nb, want_n);
+		CHECK(want_n > 0 || blocks == NULL);
+		for (size_t i = 0; blocks && i < nb && i < want_n; i++) {
+			size_t off = i * HASH_BLOCK_SIZE;
+			size_t blen = len - off < HASH_BLOCK_SIZE ? len - off : HASH_BLOCK_SIZE;
+
+			ref = hash_buf(p + off, blen);
+			if (!hash_equal(&blocks[i], &ref)) {
+				fprintf(stderr, "size %zu block %zu differs\n", len, i);
+				CHECK(0);
+			}
+		}
+		free(blocks);
+		free(chunks);
+		close(fd);
+	}
+	free(p);
+}
+
 static void test_fd_without_chunks(void)
 {
 	size_t len = 5 * MIB + 3;
@@ -306,6 +342,7 @@ __attribute__((destructor)) static void teardown(void)
 }
 
 TEST_MAIN(TEST(test_buf_vectors), TEST(test_fd_empty), TEST(test_fd_abc),
-	  TEST(test_fd_10mib_reference), TEST(test_fd_sizes), TEST(test_fd_without_chunks),
+	  TEST(test_fd_10mib_reference), TEST(test_fd_sizes), TEST(test_fd_blocks),
+	  TEST(test_fd_without_chunks),
 	  TEST(test_fd_errors), TEST(test_format_parse), TEST(test_parse_rejects),
 	  TEST(test_bytes), TEST(test_equal))

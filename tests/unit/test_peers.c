@@ -33,6 +33,7 @@
 #include "sync/util.h"
 #include "tests/unit/logcapture.h"
 #include "tests/unit/rawsql.h"
+#include "tests/unit/deadport.h"
 #include "tests/unit/testutil.h"
 
 #define MS 1000000LL
@@ -386,22 +387,6 @@ static long long srv_since(struct srv *s, int i)
 		v = s->sinces[i];
 	pthread_mutex_unlock(&s->lock);
 	return v;
-}
-
-/* A port on 127.0.0.1 where nothing listens (bound, then closed). */
-static int dead_port(void)
-{
-	struct sockaddr_in sin = { .sin_family = AF_INET };
-	socklen_t sl = sizeof(sin);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port;
-
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ||
-	    getsockname(fd, (struct sockaddr *)&sin, &sl) < 0)
-		abort();
-	port = ntohs(sin.sin_port);
-	close(fd);
-	return port;
 }
 
 /* A socket that listens (the kernel completes handshakes) but is never accepted from. */
