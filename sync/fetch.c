@@ -22,6 +22,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -31,12 +32,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "sync/bucket.h"
 #include "sync/hash.h"
 #include "sync/log.h"
 #include "sync/util.h"
 
 #define FETCH_MAX_XFERS 8		/* transfers at once, each holding one chunk buffer */
 #define FETCH_MAX_BACKGROUND 2		/* of which background completion may take */
+#define FETCH_MAX_PER_HOST 6		/* chunk transfers from one host at once */
 #define FETCH_AHEAD_CHUNKS 6		/* read-ahead for sequential readers */
 #define FETCH_POLL_MS 100
 #define FETCH_CONNECT_TIMEOUT_MS 2000
@@ -129,6 +132,8 @@ struct xfer {
 	uint64_t reserved;		/* cache bytes reserved for it */
 	int64_t started_ns;
 	bool background;
+	bool limited;			/* no reader waits for it: held to the buckets */
+	bool paused;			/* by the write callback, for a bucket in debt */
 	char error[CURL_ERROR_SIZE];
 };
 
@@ -150,6 +155,10 @@ struct fetch {
 	int active;
 	int active_background;
 	uint64_t host_inflight[64];	/* bytes requested and not yet received, per host */
+	int host_chunks[64];		/* chunk transfers running, per host */
+	struct bucket all_bw;		/* auto_sync.bandwidth_limit_mbps */
+	struct bucket host_bw[64];	/* per host */
+	int n_paused;
 
 	/* Under lock (set once, early): */
 	fetch_complete_fn complete;
@@ -494,16 +503,20 @@ bool fetch_last_error(struct fetch *f, const struct hash128 *hash, char *buf, si
 
 /* ------------------------------------------------------------------ sources */
 
-/* The usable source (not in @exclude) for the next @bytes of @ff that should finish first, or
- * -1. Lock held. */
-static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t exclude, uint64_t bytes)
+/*
+ * The usable source (not in @exclude) for the next @bytes of @ff that should finish first, or
+ * -1. With @busy, hosts already running FETCH_MAX_PER_HOST chunk transfers are passed over,
+ * and *busy says whether one was (then -1 means "later", not "nobody"). Lock held.
+ */
+static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t exclude, uint64_t bytes,
+		       bool *busy)
 {
 	uint64_t candidates = ff->sources & ~ff->dropped & ~exclude;
+	double best_eta = 0;
+	int best = -1;
 
 	if (candidates & ~ff->avoid)
 		candidates &= ~ff->avoid;
-	double best_eta = 0;
-	int best = -1;
 
 	for (int h = 0; h < 64 && (size_t)h < f->cfg->n_hosts; h++) {
 		struct peer_status ps = { 0 };
@@ -515,6 +528,10 @@ static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t exclude,
 		/* A host whose circuit is open is left alone, not dropped: it may come back. */
 		if (f->peers && !peers_allow(f->peers, (size_t)h))
 			continue;
+		if (busy && f->host_chunks[h] >= FETCH_MAX_PER_HOST) {
+			*busy = true;
+			continue;
+		}
 		if (f->peers)
 			peers_status(f->peers, (size_t)h, &ps);
 		bps = ps.throughput_bps > 0 ? ps.throughput_bps : FETCH_DEFAULT_BPS;
@@ -543,6 +560,30 @@ static int stage_flush(struct xfer *x)
 	return 0;
 }
 
+/*
+ * Charges @n received bytes of @x to the buckets; false (and @x marked paused) when @x must
+ * wait for them to refill first. Fetch thread only.
+ */
+static bool xfer_charge(struct fetch *f, struct xfer *x, size_t n)
+{
+	struct bucket *host = &f->host_bw[x->host];
+
+	if (x->limited) {
+		int64_t now = mono_ns();
+
+		bucket_refill(&f->all_bw, now);
+		bucket_refill(host, now);
+		if (!bucket_allows(&f->all_bw) || !bucket_allows(host)) {
+			x->paused = true;
+			f->n_paused++;
+			return false;
+		}
+	}
+	bucket_take(&f->all_bw, n);
+	bucket_take(host, n);
+	return true;
+}
+
 static size_t xfer_write(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct xfer *x = arg;
@@ -551,6 +592,8 @@ static size_t xfer_write(char *data, size_t size, size_t nmemb, void *arg)
 	if (x->chunk < XFER_PROBE) {
 		if (x->len + n > x->cap)
 			return 0; /* more than the range asked for: abort, the source is wrong */
+		if (!xfer_charge(x->ff->f, x, n))
+			return CURL_WRITEFUNC_PAUSE; /* handed again once resumed */
 		hash_stream_update(x->hs, data, n);
 		for (size_t done = 0; done < n;) {
 			size_t take = n - done;
@@ -654,7 +697,7 @@ static void xfer_free(struct xfer *x)
  * Returns 0 or -errno (nothing started).
  */
 static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t chunk,
-		      const struct probe_range *probe, bool background)
+		      const struct probe_range *probe, bool background, bool limited)
 {
 	char base[300], header[300], hash[HASH_STR_LEN], *rel = NULL, *url = NULL;
 	struct xfer *x = calloc(1, sizeof(*x));
@@ -666,6 +709,7 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 	x->host = host;
 	x->chunk = chunk;
 	x->background = background;
+	x->limited = limited;
 	x->easy = curl_easy_init();
 	if (!x->easy)
 		goto fail;
@@ -770,6 +814,7 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 	} else {
 		ff->state[chunk] = CH_INFLIGHT;
 		f->host_inflight[host] += chunk_len(ff, chunk);
+		f->host_chunks[host]++;
 	}
 	f->active++;
 	if (background)
@@ -825,9 +870,9 @@ static void start_probes_locked(struct fetch *f)
 			end = (w->off + w->len + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE *
 			      HASH_BLOCK_SIZE;
 			pr.len = (end > ff->size ? ff->size : end) - pr.off;
-			host = pick_source(f, ff, ff->no_probe, pr.len);
+			host = pick_source(f, ff, ff->no_probe, pr.len, NULL);
 			if (host >= 0)
-				xfer_start(f, ff, host, XFER_PROBE, &pr, false);
+				xfer_start(f, ff, host, XFER_PROBE, &pr, false, false);
 			/* No source, or no memory: the read waits for its chunk, which says why. */
 		}
 	}
@@ -883,8 +928,11 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 			return;
 
 		uint64_t bytes = best_chunk == XFER_LIST ? 4096 : chunk_len(best_ff, best_chunk);
-		int host = pick_source(f, best_ff, 0, bytes);
+		bool busy = false;
+		int host = pick_source(f, best_ff, 0, bytes, best_chunk == XFER_LIST ? NULL : &busy);
 
+		if (host < 0 && busy)
+			return; /* its sources are at their limit: when a transfer ends */
 		if (host < 0) {
 			/* Nobody left who holds these bytes: every reader of them fails. */
 			char last[sizeof(best_ff->last_error)];
@@ -907,7 +955,8 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 		}
 		bool background = best_prio <= FETCH_PRIO_BACKGROUND;
 
-		if (xfer_start(f, best_ff, host, best_chunk, NULL, background) < 0) {
+		if (xfer_start(f, best_ff, host, best_chunk, NULL, background,
+			       best_chunk != XFER_LIST && best_prio < FETCH_PRIO_AHEAD) < 0) {
 			/* No memory or no cache space: fail what waits on it rather than spin. */
 			if (best_chunk != XFER_LIST) {
 				best_ff->want[best_chunk] = 0;
@@ -1145,6 +1194,7 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 			ff->have_list = true;
 	} else {
 		f->host_inflight[x->host] -= chunk_len(ff, x->chunk);
+		f->host_chunks[x->host]--;
 		ff->state[x->chunk] = ret == 0 ? CH_PRESENT : CH_ABSENT;
 	}
 	if (ret < 0) {
@@ -1257,6 +1307,42 @@ static struct fetch_file *next_to_finish_locked(struct fetch *f)
 	return NULL;
 }
 
+/* Milliseconds until a paused transfer may go on (1 .. FETCH_POLL_MS). */
+static int resume_in_ms(struct fetch *f)
+{
+	int64_t wait = bucket_wait_ns(&f->all_bw);
+
+	for (struct xfer *x = f->xfers; x; x = x->next) {
+		int64_t w = bucket_wait_ns(&f->host_bw[x->host]);
+
+		if (x->paused && w > wait)
+			wait = w;
+	}
+	wait = wait / 1000000 + 1;
+	return wait > FETCH_POLL_MS ? FETCH_POLL_MS : (int)wait;
+}
+
+/* Resumes the paused transfers whose buckets have refilled. Fetch thread only. */
+static void resume_paused(struct fetch *f)
+{
+	int64_t now = mono_ns();
+
+	if (!f->n_paused)
+		return;
+	bucket_refill(&f->all_bw, now);
+	for (struct xfer *x = f->xfers; x; x = x->next) {
+		if (!x->paused)
+			continue;
+		bucket_refill(&f->host_bw[x->host], now);
+		if (!bucket_allows(&f->all_bw) || !bucket_allows(&f->host_bw[x->host]))
+			continue;
+		/* Resuming may hand the data over at once, and pause again. */
+		x->paused = false;
+		f->n_paused--;
+		curl_easy_pause(x->easy, CURLPAUSE_CONT);
+	}
+}
+
 static void *fetch_main(void *arg)
 {
 	struct fetch *f = arg;
@@ -1287,7 +1373,9 @@ static void *fetch_main(void *arg)
 			continue;
 		}
 
-		curl_multi_poll(f->multi, NULL, 0, FETCH_POLL_MS, NULL);
+		curl_multi_poll(f->multi, NULL, 0, f->n_paused ? resume_in_ms(f) : FETCH_POLL_MS,
+				NULL);
+		resume_paused(f);
 		curl_multi_perform(f->multi, &running);
 		while ((msg = curl_multi_info_read(f->multi, &left))) {
 			struct xfer *x = NULL;
@@ -1297,6 +1385,8 @@ static void *fetch_main(void *arg)
 				continue;
 			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
 			curl_multi_remove_handle(f->multi, x->easy);
+			if (x->paused)
+				f->n_paused--;
 			if (x->prev)
 				x->prev->next = x->next;
 			else
@@ -1317,6 +1407,31 @@ static void *fetch_main(void *arg)
 	return NULL;
 }
 
+/* The background limit of host @h in megabits/s: the first host_bandwidth_overrides pattern
+ * that matches its name, else its bandwidth_mbps; 0 = none. */
+static double host_mbps(const struct mfs_config *cfg, const struct cfg_host *h)
+{
+	for (size_t i = 0; i < cfg->auto_sync.n_host_bandwidth_overrides; i++)
+		if (fnmatch(cfg->auto_sync.host_bandwidth_overrides[i].pattern, h->name, 0) == 0)
+			return cfg->auto_sync.host_bandwidth_overrides[i].mbps;
+	return h->bandwidth_mbps;
+}
+
+/* Buckets hold a tenth of a second's worth: a limit holds over short spans too. */
+static void init_buckets(struct fetch *f)
+{
+	int64_t now = mono_ns();
+
+	bucket_init(&f->all_bw, bucket_mbps_to_bytes(f->cfg->auto_sync.bandwidth_limit_mbps), 0.1,
+		    now);
+	for (size_t h = 0; h < 64; h++)
+		bucket_init(&f->host_bw[h],
+			    h < f->cfg->n_hosts ? bucket_mbps_to_bytes(host_mbps(f->cfg,
+									  &f->cfg->hosts[h]))
+						: 0,
+			    0.1, now);
+}
+
 int fetch_start(const struct mfs_config *cfg, struct cache *cache, struct peers *peers,
 		struct fetch **out)
 {
@@ -1328,6 +1443,7 @@ int fetch_start(const struct mfs_config *cfg, struct cache *cache, struct peers 
 	f->cfg = cfg;
 	f->cache = cache;
 	f->peers = peers;
+	init_buckets(f);
 	pthread_mutex_init(&f->lock, NULL);
 	f->multi = curl_multi_init();
 	if (!f->multi)

@@ -17,6 +17,13 @@
  * version completes in the background at low priority, and the whole-file hash is checked at
  * the end (cache_file_finish).
  *
+ * Bandwidth: transfers nobody is waiting for (prefetch, meshfs sync, AutoSync, background
+ * completion) are held to auto_sync.bandwidth_limit_mbps all together and to each host's limit
+ * (the first host_bandwidth_overrides pattern that matches, else its bandwidth_mbps) by token
+ * buckets (sync/bucket.h): such a transfer is paused while a bucket is in debt and resumed as it
+ * refills. Transfers for waiting readers take from the same buckets but are never paused, so
+ * reads pre-empt background work; and no background chunk starts while a reader waits.
+ *
  * Memory is bounded: at most FETCH_MAX_XFERS transfers, each with one chunk buffer.
  * Locking: f->lock protects the table of versions, their chunk states and waiters; it is never
  * held across curl calls that do I/O, cache writes, or callbacks.
