@@ -353,8 +353,10 @@ static int sync_wait(const struct mfs_config *cfg, const char *what, json_t **re
 		}
 		fflush(stdout);
 		if (now - start > bound_ns) {
-			fprintf(stderr, "meshfs sync: gave up waiting after %lld s; the daemon goes "
-				"on fetching\n", (long long)((now - start) / 1000000000));
+			fprintf(stderr,
+				"meshfs sync: gave up waiting after %lld s; the daemon goes "
+				"on fetching\n",
+				(long long)((now - start) / 1000000000));
 			break;
 		}
 	}

@@ -47,7 +47,7 @@ struct candidate {
 	char *path;
 	struct hash128 hash;
 	enum fetch_priority prio;
-	bool keep;			/* a replica this node keeps for an ephemeral host: pinned */
+	bool keep; /* a replica this node keeps for an ephemeral host: pinned */
 	uint64_t avoid;			/* sources asked only when no other is left */
 };
 
@@ -166,8 +166,9 @@ static bool publish_replica(struct autosync *a, size_t cat, const char *path,
 	e.confirmed_at = found.confirmed_at;
 	ret = catalog_publish_replica(a->d->catalog, &e, chunks, n, &seq);
 	if (ret == 0) {
-		log_msg(LOG_INFO, "autosync: %s/%s of %s held here, listed as a replica (seq %" PRId64
-			")", e.category, path, e.origin, seq);
+		log_msg(LOG_INFO,
+			"autosync: %s/%s of %s held here, listed as a replica (seq %" PRId64 ")",
+			e.category, path, e.origin, seq);
 		done = true;
 	} else if (ret != -EEXIST) {
 		log_msg(LOG_WARNING, "autosync: cannot list %s/%s as held here: %s", e.category,
@@ -407,7 +408,8 @@ static int remote_cb(void *arg, const struct cat_entry *e)
 		targets = router_replica_targets(cfg, origin, (size_t)cat, e->path, &e->hash,
 						 w->down);
 		if ((targets >> self_index(cfg)) & 1) {
-			add_candidate(w, (size_t)cat, e->path, &e->hash, FETCH_PRIO_NORMAL, true, 0);
+			add_candidate(w, (size_t)cat, e->path, &e->hash, FETCH_PRIO_NORMAL, true,
+				      0);
 			return 0;
 		}
 	}
@@ -751,7 +753,8 @@ int autosync_flush(struct autosync *a, int seconds)
 		ret = walk_own(a, &w);
 		own_walk_free(&w);
 		if (ret == 0 && w.unreplicated_files == 0) {
-			log_msg(LOG_INFO, "autosync: shutdown: every own file has %d copies elsewhere",
+			log_msg(LOG_INFO,
+				"autosync: shutdown: every own file has %d copies elsewhere",
 				a->cfg->sync_routing.replication_target);
 			return 0;
 		}
@@ -764,8 +767,9 @@ int autosync_flush(struct autosync *a, int seconds)
 			return -ETIMEDOUT;
 		}
 		if (mono_ns() >= next_log) {
-			log_msg(LOG_INFO, "autosync: shutdown: waiting for %" PRIu64 " own file%s (%"
-				PRIu64 " bytes) to be replicated (at most %d s)",
+			log_msg(LOG_INFO,
+				"autosync: shutdown: waiting for %" PRIu64 " own file%s (%" PRIu64
+				" bytes) to be replicated (at most %d s)",
 				w.unreplicated_files, w.unreplicated_files == 1 ? "" : "s",
 				w.unreplicated_bytes, seconds);
 			next_log = mono_ns() + 2 * NS_PER_S;

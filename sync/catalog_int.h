@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "sync/catalog.h"
@@ -31,6 +32,9 @@ struct catalog {
 	sqlite3_stmt *stmts[];		/* catalog.c's prepared statements; protected by lock */
 };
 
+/* How many prepared statements catalog.c keeps in cat->stmts[]: catalog_open allocates that
+ * many slots (NULL until first use) and catalog_close finalizes them. */
+extern const size_t catalog_n_stmts;
 /* SQLite result code -> -errno (keeping the OS error when SQLite saw one). */
 int catalog_sqlite_to_errno(sqlite3 *db, int rc);
 /* Logs the failure of @what and returns it as -errno. */

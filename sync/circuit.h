@@ -58,7 +58,7 @@ struct circuit_info {
 	enum circuit_state state;
 	uint32_t failures;		/* consecutive failures counted while closed */
 	uint32_t failed_probes;		/* k: half-open probes that failed in a row */
-	int64_t retry_at;		/* open: when circuit_allow() lets a probe through; else 0 */
+	int64_t retry_at; /* open: when circuit_allow() lets a probe through; else 0 */
 	int64_t opened_at;		/* when it last went (back) to open; 0 if never */
 	uint64_t opens;			/* closed -> open transitions since it was made */
 };

@@ -22,6 +22,7 @@
 #include "sync/fetch.h"
 #include "sync/peers.h"
 #include "sync/log.h"
+#include "sync/shared.h"
 #include "sync/util.h"
 
 /* ---- namespace -> indexer / fs ---- */
@@ -297,6 +298,12 @@ int daemon_start(const struct mfs_config *cfg, int lock_fd, struct daemon **out,
 		snprintf(err, errlen, "peers: %s", strerror(-ret));
 		goto fail;
 	}
+	/* Before anything reads or syncs: an unhealthy shared storage is not passed through. */
+	ret = shared_start(cfg, d->ns, d->peers, NULL);
+	if (ret < 0) {
+		snprintf(err, errlen, "shared storage: %s", strerror(-ret));
+		goto fail;
+	}
 	ret = fetch_start(cfg, d->cache, d->peers, &d->fetch);
 	if (ret < 0) {
 		snprintf(err, errlen, "fetch: %s", strerror(-ret));
@@ -360,6 +367,7 @@ void daemon_stop(struct daemon *d)
 		dataserver_stop(d->server);
 	autosync_stop(d->autosync);
 	d->autosync = NULL;
+	shared_stop(d->cfg); /* uses the namespace and the peers */
 	/* Parked reads are answered (-ESHUTDOWN) before the FUSE session goes. */
 	if (d->fetch)
 		fetch_stop(d->fetch);

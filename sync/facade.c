@@ -469,8 +469,8 @@ static void job_tick(struct facade *fc, struct sync_job *job, int64_t now)
 			 "(300 s + 1 s per MiB to fetch)", (long long)job->bound_s);
 		job_fail_pending(fc, job, why, true);
 	} else if (job->n_win && now - job->last_progress_ns > (int64_t)stall_s * 1000000000) {
-		snprintf(why, sizeof(why), "no data for %d s (twice auto_sync.read_deadline_seconds)",
-			 stall_s);
+		snprintf(why, sizeof(why),
+			 "no data for %d s (twice auto_sync.read_deadline_seconds)", stall_s);
 		job_fail_pending(fc, job, why, false);
 	}
 	job_fill(fc, job, now);

@@ -10,15 +10,11 @@
  * a chunk is verified against its hash, written to the cache, marked present, and every read
  * whose range is now complete is answered. All callbacks run with no lock held.
  *
- * A read at a place the version is not being read in order also gets a probe: a request for
- * just the 64 KiB blocks it covers, with X-Meshfs-Want-Blocks, whose answer carries the hashes
- * of those blocks (docs/protocol.md). The probe's bytes stay in memory; once every block
- * matches its hash, the reads inside it are answered from there, a chunk transfer later than
- * the probe. The chunk is still fetched, verified and cached as usual. Concurrent reads share a
- * probe that covers them. A source that sends no block hashes is not probed again for that
- * version; one that sends a block not matching its hash is dropped like a bad chunk.
+ * A read at a place the version is not being read in order also gets a probe of its few
+ * 64 KiB blocks, answered before its chunk is here: see fetch_probe.c.
  */
 #include "sync/fetch.h"
+#include "sync/fetch_int.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -37,149 +33,9 @@
 #include "sync/log.h"
 #include "sync/util.h"
 
-#define FETCH_MAX_XFERS 8		/* transfers at once, each holding one chunk buffer */
-#define FETCH_MAX_BACKGROUND 2		/* of which background completion may take */
-#define FETCH_MAX_PER_HOST 6		/* chunk transfers from one host at once */
-#define FETCH_AHEAD_CHUNKS 6		/* read-ahead for sequential readers */
-#define FETCH_POLL_MS 100
-#define FETCH_CONNECT_TIMEOUT_MS 2000
-#define FETCH_STALL_SECONDS 3		/* no progress this long: the source is stalled */
-#define FETCH_DEFAULT_BPS (50.0 * 1024 * 1024) /* guess for a source never measured */
-#define FETCH_MAX_CHUNK_LIST (1u << 20)
-#define FETCH_RECV_BUFFER (512 * 1024)
-#define FETCH_STAGE (1024 * 1024)	/* bytes of a chunk gathered per write to the cache */
-#define FETCH_MAX_PROBES 4		/* probes in flight per version */
-#define FETCH_PROBE_MAX (1024 * 1024)	/* reads longer than this wait for their chunks */
-
-/* xfer.chunk of the transfers that are not a chunk */
-#define XFER_LIST SIZE_MAX		/* the chunk hash list */
-#define XFER_PROBE (SIZE_MAX - 1)	/* a few blocks for a reader (see the file header) */
-
-enum chunk_state {
-	CH_ABSENT,
-	CH_INFLIGHT,
-	CH_PRESENT,
-};
-
-struct waiter {
-	struct waiter *next;
-	uint64_t off;
-	uint64_t len;
-	int64_t deadline_ns;
-	bool probe;			/* wants a probe (not yet started or joined) */
-	fetch_done_fn done;
-	void *cookie;
-};
-
-struct probe_range {
-	uint64_t off;
-	uint64_t len;
-};
-
-struct fetch_file {
-	struct fetch *f;
-	struct fetch_file *next;	/* in f->files */
-	int refs;			/* handles + the background completion; under f->lock */
-	bool background;		/* holds a ref until complete or failed */
-	struct hash128 hash;
-	char *category;
-	char *path;
-	uint64_t size;
-	size_t nchunks;
-	struct cache_file *cf;
-	/* Under f->lock: */
-	uint8_t *state;			/* enum chunk_state per chunk */
-	uint8_t *want;			/* enum fetch_priority per chunk */
-	bool have_list;			/* chunk hashes known */
-	bool list_inflight;
-	bool finishing;			/* cache_file_finish under way or done */
-	bool complete;
-	uint64_t no_probe;		/* sources that sent no block hashes: not probed */
-	struct probe_range probes[FETCH_MAX_PROBES];	/* in flight */
-	int n_probes;
-	uint64_t sources;		/* hosts that hold it */
-	uint64_t dropped;		/* sources that failed it */
-	uint64_t avoid;			/* sources used only when no other is left */
-	int inflight;
-	struct waiter *waiters;
-	uint64_t last_read_end;
-	char last_error[256];
-};
-
-struct xfer {
-	struct xfer *prev, *next;	/* in f->xfers */
-	struct fetch_file *ff;
-	CURL *easy;
-	struct curl_slist *headers;
-	int host;
-	size_t chunk;			/* or XFER_LIST, XFER_PROBE */
-	uint64_t probe_off;		/* XFER_PROBE: the block-aligned range asked for */
-	uint64_t probe_len;
-	char *blocks;			/* XFER_PROBE: the X-Meshfs-Blocks header's value */
-	/* The chunk list is collected in buf; a chunk goes straight into the cache file at its
-	 * place as it arrives (hashed on the way) and is marked present only once verified. */
-	char *buf;
-	size_t len;			/* bytes received */
-	size_t cap;			/* bytes expected (chunk) or room in buf (list) */
-	int fd;				/* the cache file (chunks) */
-	uint64_t base;			/* offset of the chunk in the file */
-	char *stage;			/* received bytes not yet written (libcurl hands out
-					 * 16 KiB at a time; a write per piece costs more) */
-	size_t staged;
-	size_t flushed;			/* bytes of the chunk already written */
-	struct hash_stream *hs;
-	int write_err;			/* -errno of a failed write into the cache */
-	uint64_t reserved;		/* cache bytes reserved for it */
-	int64_t started_ns;
-	bool background;
-	bool limited;			/* no reader waits for it: held to the buckets */
-	bool paused;			/* by the write callback, for a bucket in debt */
-	char error[CURL_ERROR_SIZE];
-};
-
-struct fetch {
-	const struct mfs_config *cfg;
-	struct cache *cache;
-	struct peers *peers;
-	CURLM *multi;
-	pthread_t thread;
-	bool thread_started;
-
-	pthread_mutex_t lock;
-	/* Under lock: */
-	struct fetch_file *files;
-	bool stop;
-
-	/* Fetch thread only (and fetch_stop after the thread ended): */
-	struct xfer *xfers;
-	int active;
-	int active_background;
-	uint64_t host_inflight[64];	/* bytes requested and not yet received, per host */
-	int host_chunks[64];		/* chunk transfers running, per host */
-	struct bucket all_bw;		/* auto_sync.bandwidth_limit_mbps */
-	struct bucket host_bw[64];	/* per host */
-	int n_paused;
-
-	/* Under lock (set once, early): */
-	fetch_complete_fn complete;
-	void *complete_arg;
-};
-
-/* A finished read to report once the lock is dropped. */
-struct completion {
-	struct completion *next;
-	fetch_done_fn done;
-	void *cookie;
-	int err;
-	int fd;
-	void *buf;			/* owned; NULL: the bytes are in fd */
-	uint64_t off;
-	size_t len;
-};
-
 /* ------------------------------------------------------------------ helpers */
 
-static size_t chunk_len(const struct fetch_file *ff, size_t idx)
+size_t fetch_chunk_len(const struct fetch_file *ff, size_t idx)
 {
 	uint64_t start = (uint64_t)idx * HASH_CHUNK_SIZE;
 	uint64_t end = start + HASH_CHUNK_SIZE;
@@ -188,7 +44,7 @@ static size_t chunk_len(const struct fetch_file *ff, size_t idx)
 }
 
 /* Whether no chunk that [@off, @off + @len) touches is present or on its way. Lock held. */
-static bool chunks_absent(const struct fetch_file *ff, uint64_t off, uint64_t len)
+bool fetch_chunks_absent(const struct fetch_file *ff, uint64_t off, uint64_t len)
 {
 	for (uint64_t i = off / HASH_CHUNK_SIZE; i <= (off + len - 1) / HASH_CHUNK_SIZE; i++)
 		if (ff->state[i] != CH_ABSENT)
@@ -196,11 +52,8 @@ static bool chunks_absent(const struct fetch_file *ff, uint64_t off, uint64_t le
 	return true;
 }
 
-static void file_error(struct fetch_file *ff, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
 /* Records the last error of @ff (lock held) and in the cache, for user.meshfs.last_error. */
-static void file_error(struct fetch_file *ff, const char *fmt, ...)
+void fetch_file_error(struct fetch_file *ff, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -434,7 +287,7 @@ int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn do
 	ff->last_read_end = off + len;
 	/* A probe only where nothing is on its way yet: a chunk in flight comes soon enough. */
 	w->probe = !sequential && len <= FETCH_PROBE_MAX &&
-		   chunks_absent(ff, off, len);
+		   fetch_chunks_absent(ff, off, len);
 	for (size_t i = first; i <= last; i++)
 		ff->want[i] = FETCH_PRIO_READ;
 	if (sequential)
@@ -487,6 +340,20 @@ bool fetch_busy(struct fetch *f, const struct hash128 *hash)
 	return busy;
 }
 
+size_t fetch_queue_len(struct fetch *f)
+{
+	size_t n = 0;
+
+	if (!f)
+		return 0;
+	pthread_mutex_lock(&f->lock);
+	for (struct fetch_file *ff = f->files; ff; ff = ff->next)
+		if (!ff->complete && (ff->inflight > 0 || file_wanted(ff)))
+			n++;
+	pthread_mutex_unlock(&f->lock);
+	return n;
+}
+
 bool fetch_last_error(struct fetch *f, const struct hash128 *hash, char *buf, size_t size)
 {
 	struct fetch_file *ff;
@@ -508,7 +375,7 @@ bool fetch_last_error(struct fetch *f, const struct hash128 *hash, char *buf, si
  * -1. With @busy, hosts already running FETCH_MAX_PER_HOST chunk transfers are passed over,
  * and *busy says whether one was (then -1 means "later", not "nobody"). Lock held.
  */
-static int pick_source(struct fetch *f, struct fetch_file *ff, uint64_t exclude, uint64_t bytes,
+int fetch_pick_source(struct fetch *f, struct fetch_file *ff, uint64_t exclude, uint64_t bytes,
 		       bool *busy)
 {
 	uint64_t candidates = ff->sources & ~ff->dropped & ~exclude;
@@ -625,29 +492,6 @@ static size_t xfer_write(char *data, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
-/* Keeps the X-Meshfs-Blocks header of a probe's answer. */
-static size_t xfer_header(char *data, size_t size, size_t nmemb, void *arg)
-{
-	static const char name[] = "x-meshfs-blocks:";
-	struct xfer *x = arg;
-	size_t n = size * nmemb, vlen;
-	const char *v;
-
-	if (n <= sizeof(name) - 1 || strncasecmp(data, name, sizeof(name) - 1) != 0)
-		return n;
-	v = data + sizeof(name) - 1;
-	vlen = n - (sizeof(name) - 1);
-	while (vlen && (*v == ' ' || *v == '\t')) {
-		v++;
-		vlen--;
-	}
-	while (vlen && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n' || v[vlen - 1] == ' '))
-		vlen--;
-	free(x->blocks);
-	x->blocks = strndup(v, vlen);
-	return x->blocks ? n : 0;
-}
-
 /* Percent-encodes @path segment by segment into a new string. */
 static char *url_path(CURL *easy, const char *category, const char *path)
 {
@@ -696,7 +540,7 @@ static void xfer_free(struct xfer *x)
  * [@probe->off, +@probe->len)) of @ff from @host. Lock held; curl_multi_add_handle does no I/O.
  * Returns 0 or -errno (nothing started).
  */
-static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t chunk,
+int fetch_xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t chunk,
 		      const struct probe_range *probe, bool background, bool limited)
 {
 	char base[300], header[300], hash[HASH_STR_LEN], *rel = NULL, *url = NULL;
@@ -726,7 +570,7 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 		if (!x->buf)
 			goto fail;
 	} else {
-		x->cap = chunk_len(ff, chunk);
+		x->cap = fetch_chunk_len(ff, chunk);
 		x->fd = cache_file_fd(ff->cf);
 		x->base = (uint64_t)chunk * HASH_CHUNK_SIZE;
 		x->stage = malloc(FETCH_STAGE);
@@ -781,21 +625,22 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 		snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, probe->off,
 			 probe->off + probe->len - 1);
 		curl_easy_setopt(x->easy, CURLOPT_RANGE, range);
-		curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, xfer_header);
+		curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, fetch_probe_header);
 		curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
 	} else if (chunk != XFER_LIST) {
 		uint64_t start = (uint64_t)chunk * HASH_CHUNK_SIZE;
 		char range[64];
 
 		snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, start,
-			 start + chunk_len(ff, chunk) - 1);
+			 start + fetch_chunk_len(ff, chunk) - 1);
 		curl_easy_setopt(x->easy, CURLOPT_RANGE, range);
-		ret = cache_reserve(f->cache, chunk_len(ff, chunk));
+		ret = cache_reserve(f->cache, fetch_chunk_len(ff, chunk));
 		if (ret < 0) {
-			file_error(ff, "no cache space for chunk %zu: %s", chunk, strerror(-ret));
+			fetch_file_error(ff, "no cache space for chunk %zu: %s", chunk,
+					 strerror(-ret));
 			goto fail;
 		}
-		x->reserved = chunk_len(ff, chunk);
+		x->reserved = fetch_chunk_len(ff, chunk);
 	}
 	if (curl_multi_add_handle(f->multi, x->easy) != CURLM_OK) {
 		ret = -EIO;
@@ -813,7 +658,7 @@ static int xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t c
 		ff->probes[ff->n_probes++] = *probe;
 	} else {
 		ff->state[chunk] = CH_INFLIGHT;
-		f->host_inflight[host] += chunk_len(ff, chunk);
+		f->host_inflight[host] += fetch_chunk_len(ff, chunk);
 		f->host_chunks[host]++;
 	}
 	f->active++;
@@ -840,48 +685,37 @@ static bool readers_waiting(const struct fetch *f)
 	return false;
 }
 
-/* Whether an in-flight probe of @ff covers [@off, @off + @len). Lock held. */
-static bool probe_covers(const struct fetch_file *ff, uint64_t off, uint64_t len)
+/*
+ * Ends the background completion of versions given up on (a chunk that is not here is no
+ * longer wanted: no cache space, no source), once nothing of theirs is in flight. Their last
+ * reference may go with it, and with it the cache file's: a partial copy nobody uses can then
+ * be evicted. Lock held.
+ */
+static void drop_abandoned_locked(struct fetch *f)
 {
-	for (int i = 0; i < ff->n_probes; i++)
-		if (ff->probes[i].off <= off && off + len <= ff->probes[i].off + ff->probes[i].len)
-			return true;
-	return false;
-}
+	struct fetch_file *ff = f->files, *next;
 
-/* Starts a probe for each parked read that wants one and has none covering it. Lock held. */
-static void start_probes_locked(struct fetch *f)
-{
-	for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
-		for (struct waiter *w = ff->waiters; w; w = w->next) {
-			struct probe_range pr;
-			uint64_t end;
-			int host;
+	for (; ff; ff = next) {
+		bool abandoned = false;
 
-			if (!w->probe)
-				continue;
-			if (ff->n_probes >= FETCH_MAX_PROBES && !probe_covers(ff, w->off, w->len))
-				continue; /* a later round, if its chunk has not come first */
-			w->probe = false;
-			if (probe_covers(ff, w->off, w->len) ||
-			    !chunks_absent(ff, w->off, w->len))
-				continue;
-			pr.off = w->off / HASH_BLOCK_SIZE * HASH_BLOCK_SIZE;
-			end = (w->off + w->len + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE *
-			      HASH_BLOCK_SIZE;
-			pr.len = (end > ff->size ? ff->size : end) - pr.off;
-			host = pick_source(f, ff, ff->no_probe, pr.len, NULL);
-			if (host >= 0)
-				xfer_start(f, ff, host, XFER_PROBE, &pr, false, false);
-			/* No source, or no memory: the read waits for its chunk, which says why. */
-		}
+		next = ff->next;
+		if (!ff->background || ff->complete || ff->finishing || ff->inflight ||
+		    ff->list_inflight || ff->n_probes)
+			continue;
+		for (size_t i = 0; i < ff->nchunks && !abandoned; i++)
+			abandoned = ff->state[i] != CH_PRESENT && !ff->want[i];
+		if (!abandoned)
+			continue;
+		ff->background = false;
+		file_unref_locked(f, ff); /* may free @ff */
 	}
 }
 
 /* Starts what is most wanted, within the limits. Lock held. */
 static void schedule_locked(struct fetch *f, struct completion **done)
 {
-	start_probes_locked(f);
+	drop_abandoned_locked(f);
+	fetch_start_probes_locked(f);
 	for (;;) {
 		struct fetch_file *best_ff = NULL;
 		size_t best_chunk = 0;
@@ -927,9 +761,11 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 		if (best_prio <= FETCH_PRIO_BACKGROUND && readers_waiting(f))
 			return;
 
-		uint64_t bytes = best_chunk == XFER_LIST ? 4096 : chunk_len(best_ff, best_chunk);
+		uint64_t bytes =
+		    best_chunk == XFER_LIST ? 4096 : fetch_chunk_len(best_ff, best_chunk);
 		bool busy = false;
-		int host = pick_source(f, best_ff, 0, bytes, best_chunk == XFER_LIST ? NULL : &busy);
+		int host =
+		    fetch_pick_source(f, best_ff, 0, bytes, best_chunk == XFER_LIST ? NULL : &busy);
 
 		if (host < 0 && busy)
 			return; /* its sources are at their limit: when a transfer ends */
@@ -939,7 +775,7 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 
 			snprintf(last, sizeof(last), "%s", best_ff->last_error);
 			if (strncmp(last, "no source left", 14) != 0)
-				file_error(best_ff, "no source left for this version%s%s",
+				fetch_file_error(best_ff, "no source left for this version%s%s",
 					   last[0] ? "; last error: "
 						   : " (no reachable host holds it)",
 					   last);
@@ -955,11 +791,13 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 		}
 		bool background = best_prio <= FETCH_PRIO_BACKGROUND;
 
-		if (xfer_start(f, best_ff, host, best_chunk, NULL, background,
+		if (fetch_xfer_start(f, best_ff, host, best_chunk, NULL, background,
 			       best_chunk != XFER_LIST && best_prio < FETCH_PRIO_AHEAD) < 0) {
 			/* No memory or no cache space: fail what waits on it rather than spin. */
 			if (best_chunk != XFER_LIST) {
-				best_ff->want[best_chunk] = 0;
+				/* The version cannot complete here: stop wanting it (its
+				 * background reference goes, see drop_abandoned_locked). */
+				clear_want(best_ff);
 				cache_set_error(f->cache, best_ff->category, best_ff->path,
 						best_ff->last_error);
 				collect_waiters(best_ff, -ENOSPC, done);
@@ -1005,113 +843,6 @@ out:
 }
 
 /*
- * Checks the probe @x received against the block hashes that came with it. Returns 0 when
- * every block matches, -ENODATA when the source sent no (usable) block hashes, -EBADMSG when a
- * block does not match its hash.
- */
-static int probe_verify(struct xfer *x)
-{
-	uint64_t nb = (x->probe_len + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE;
-	unsigned long long bsize, first;
-	const char *p;
-	int used = 0;
-
-	if (!x->blocks || sscanf(x->blocks, "%llu %llu %n", &bsize, &first, &used) != 2 ||
-	    !used || bsize != HASH_BLOCK_SIZE || first != x->probe_off / HASH_BLOCK_SIZE)
-		return -ENODATA;
-	p = x->blocks + used;
-	for (uint64_t i = 0; i < nb; i++) {
-		uint64_t at = i * HASH_BLOCK_SIZE;
-		size_t n = (size_t)(x->probe_len - at < HASH_BLOCK_SIZE ? x->probe_len - at
-									 : HASH_BLOCK_SIZE);
-		char text[HASH_STR_LEN];
-		struct hash128 want, got;
-
-		if (strlen(p) < HASH_STR_LEN - 1)
-			return -ENODATA;
-		memcpy(text, p, HASH_STR_LEN - 1);
-		text[HASH_STR_LEN - 1] = '\0';
-		p += HASH_STR_LEN - 1;
-		if (hash_parse(text, &want) < 0 || *p != (i + 1 < nb ? ',' : '\0'))
-			return -ENODATA;
-		p += i + 1 < nb;
-		got = hash_buf(x->buf + at, n);
-		if (!hash_equal(&got, &want))
-			return -EBADMSG;
-	}
-	return 0;
-}
-
-/*
- * Handles a finished probe: on success answers every parked read inside it from its bytes.
- * A probe that failed only means its reads wait for their chunks; one with a bad block drops
- * the source. Called without the lock; takes it.
- */
-static void probe_done(struct fetch *f, struct xfer *x, CURLcode rc, struct completion **done)
-{
-	struct fetch_file *ff = x->ff;
-	const char *host = f->cfg->hosts[x->host].name;
-	long status = 0;
-	int ret;
-
-	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
-	if (rc != CURLE_OK || status != 206 || x->len != x->probe_len)
-		ret = -EIO;
-	else
-		ret = probe_verify(x);
-	if (ret == -EBADMSG) {
-		log_msg(LOG_WARNING, "fetch %s/%s: %s served a corrupt block in %" PRIu64 "+%" PRIu64,
-			ff->category, ff->path, host, x->probe_off, x->probe_len);
-		if (f->peers)
-			peers_record_transfer(f->peers, (size_t)x->host, 0, 0, -EIO);
-	}
-
-	pthread_mutex_lock(&f->lock);
-	ff->inflight--;
-	f->active--;
-	for (int i = 0; i < ff->n_probes; i++) {
-		if (ff->probes[i].off == x->probe_off && ff->probes[i].len == x->probe_len) {
-			ff->probes[i] = ff->probes[--ff->n_probes];
-			break;
-		}
-	}
-	if (ret == -ENODATA)
-		ff->no_probe |= (uint64_t)1 << x->host;
-	if (ret == -EBADMSG) {
-		ff->dropped |= (uint64_t)1 << x->host;
-		file_error(ff, "%s served a corrupt block", host);
-	}
-	for (struct waiter **pp = &ff->waiters; ret == 0 && *pp;) {
-		struct waiter *w = *pp;
-		struct completion *c;
-
-		if (w->off < x->probe_off || w->off + w->len > x->probe_off + x->probe_len) {
-			pp = &w->next;
-			continue;
-		}
-		c = calloc(1, sizeof(*c));
-		if (c)
-			c->buf = malloc((size_t)w->len);
-		if (!c || !c->buf) {
-			free(c);
-			pp = &w->next; /* its chunk answers it */
-			continue;
-		}
-		memcpy(c->buf, x->buf + (w->off - x->probe_off), (size_t)w->len);
-		c->done = w->done;
-		c->cookie = w->cookie;
-		c->fd = -1;
-		c->off = w->off;
-		c->len = (size_t)w->len;
-		c->next = *done;
-		*done = c;
-		*pp = w->next;
-		free(w);
-	}
-	pthread_mutex_unlock(&f->lock);
-}
-
-/*
  * Handles one finished transfer: verifies and stores what came, or drops the source. Called
  * without the lock (the chunk is ours while in flight); takes it to update the state.
  */
@@ -1125,7 +856,7 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 	int ret = 0;
 
 	if (x->chunk == XFER_PROBE) {
-		probe_done(f, x, rc, done);
+		fetch_probe_done(f, x, rc, done);
 		return;
 	}
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
@@ -1151,7 +882,7 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 		struct hash128 expect, got;
 
 		if ((status != 206 && !(status == 200 && ff->nchunks == 1)) ||
-		    x->len != chunk_len(ff, x->chunk)) {
+		    x->len != fetch_chunk_len(ff, x->chunk)) {
 			snprintf(why, sizeof(why), "%s: chunk %zu: HTTP %ld, %zu bytes", host,
 				 x->chunk, status, x->len);
 			ret = -EIO;
@@ -1193,7 +924,7 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 		if (ret == 0)
 			ff->have_list = true;
 	} else {
-		f->host_inflight[x->host] -= chunk_len(ff, x->chunk);
+		f->host_inflight[x->host] -= fetch_chunk_len(ff, x->chunk);
 		f->host_chunks[x->host]--;
 		ff->state[x->chunk] = ret == 0 ? CH_PRESENT : CH_ABSENT;
 	}
@@ -1201,9 +932,9 @@ static void xfer_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 		/* A cache write failing is ours, not the source's. */
 		if (!(x->chunk != XFER_LIST && ret != -EBADMSG && strncmp(why, "cache", 5) == 0))
 			ff->dropped |= (uint64_t)1 << x->host;
-		file_error(ff, "%s", why);
+		fetch_file_error(ff, "%s", why);
 		if (strncmp(why, "cache", 5) == 0) {
-			ff->want[x->chunk] = 0;
+			clear_want(ff);
 			collect_waiters(ff, ret, done);
 		}
 	}
@@ -1231,7 +962,7 @@ static void finish_file(struct fetch *f, struct fetch_file *ff, struct completio
 	} else {
 		/* Chunks matched their hashes but the whole does not: the chunk list was wrong.
 		 * Start again from nothing. */
-		file_error(ff, "whole-file hash mismatch after fetching: %s", strerror(-ret));
+		fetch_file_error(ff, "whole-file hash mismatch after fetching: %s", strerror(-ret));
 		log_msg(LOG_WARNING, "fetch %s/%s: %s", ff->category, ff->path, ff->last_error);
 		for (size_t i = 0; i < ff->nchunks; i++)
 			ff->state[i] = cache_file_chunk_present(ff->cf, i) ? CH_PRESENT : CH_ABSENT;
@@ -1269,7 +1000,7 @@ static void expire_locked(struct fetch *f, struct completion **done)
 			char last[sizeof(ff->last_error)];
 
 			snprintf(last, sizeof(last), "%s", ff->last_error);
-			file_error(ff, "no data within the read deadline of %d s%s%s",
+			fetch_file_error(ff, "no data within the read deadline of %d s%s%s",
 				   f->cfg->auto_sync.read_deadline_seconds,
 				   last[0] ? "; last error: " : "", last);
 			cache_set_error(f->cache, ff->category, ff->path, ff->last_error);

@@ -95,6 +95,10 @@ int fetch_prefetch(struct fetch *f, const struct ns_remote *r, enum fetch_priori
 int fetch_prefetch_avoiding(struct fetch *f, const struct ns_remote *r,
 			    enum fetch_priority prio, uint64_t avoid);
 
+/* Versions with data still to fetch (wanted or in flight): the queue of status and health.
+ * @f may be NULL (0). */
+size_t fetch_queue_len(struct fetch *f);
+
 /* True while version @hash has transfers queued or under way. */
 bool fetch_busy(struct fetch *f, const struct hash128 *hash);
 

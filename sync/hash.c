@@ -2,12 +2,12 @@
  * hash — XXH3-128 of whole files, of their 4 MiB chunks and 64 KiB blocks, in one pass.
  *
  * hash_fd keeps XXH3 streaming states for the whole file, the chunk being read and (when block
- * hashes are asked for) the block being read. Reads go through one heap buffer of HASH_READ_SIZE bytes and never cross a chunk
- * boundary (HASH_CHUNK_SIZE is a multiple of the buffer size and every read is clipped to the
- * end of the current chunk), so a short read only makes the next read smaller and the chunk
- * state can be finished and reset exactly at each 4 MiB mark. The size is what was read up to
- * EOF, so it always agrees with the number of chunks even if the file changes under us; the
- * caller compares dev/ino/ctime to notice that.
+ * hashes are asked for) the block being read. Reads go through one heap buffer of HASH_READ_SIZE
+ * bytes and never cross a chunk boundary (HASH_CHUNK_SIZE is a multiple of the buffer size and
+ * every read is clipped to the end of the current chunk), so a short read only makes the next read
+ * smaller and the chunk state can be finished and reset exactly at each 4 MiB mark. The size is
+ * what was read up to EOF, so it always agrees with the number of chunks even if the file changes
+ * under us; the caller compares dev/ino/ctime to notice that.
  *
  * Text form: "xxh3-128:" then the canonical (big-endian, high 64 bits first) digest in 32
  * lowercase hex digits, which is exactly what `xxhsum -H2` prints. Only lowercase is parsed

@@ -32,13 +32,18 @@
  *
  * indexer_renamed()/indexer_removed() run on the caller's thread and touch only the catalog
  * (which has its own mutex) and the stats (under ix->lock); they never see the thread's sets.
+ *
+ * The module is three files. indexer.c (this one): the thread, its job queue, the pending
+ * checks, inotify, hashing and publishing, and the public API. indexer_walk.c: looking at one
+ * path, walking directory trees, the full scan and what it settles afterwards. pathset.c: the
+ * hash sets the thread keeps (pending checks, known dirs, watches, warned paths).
+ * indexer_int.h holds struct indexer and what the two indexer files share.
  */
 #include "sync/indexer.h"
+#include "sync/indexer_int.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -52,10 +57,9 @@
 
 #include "sync/hash.h"
 #include "sync/log.h"
+#include "sync/pathset.h"
 #include "sync/util.h"
 
-#define NS_PER_SEC 1000000000LL
-#define NS_PER_MS 1000000LL
 #define DEFAULT_RESCAN_SECONDS 300
 /* Queued checks beyond this turn into one full rescan instead. */
 #define MAX_JOBS 4096
@@ -70,154 +74,12 @@
 #define RETRY_NS (200 * NS_PER_MS)
 /* Upper bound on one poll() so a lost wakeup can never stall the thread for long. */
 #define MAX_SLEEP_MS (60 * 1000)
-/* Hashed files published per catalog transaction, at most. */
-#define PUBLISH_BATCH 128
 /* inotify reads per service round; the rest waits for the next round. */
 #define MAX_EVENT_READS 16
-#define EVENT_BUF_SIZE 65536
-
-#define WRITING_SUFFIX ".writing"
-#define WRITING_LEN (sizeof(WRITING_SUFFIX) - 1)
 
 #define WATCH_MASK                                                                         \
 	(IN_CREATE | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE | IN_DELETE_SELF | \
 	 IN_MOVE_SELF | IN_ATTRIB | IN_MODIFY | IN_ONLYDIR)
-
-enum job_kind {
-	JOB_SCAN,
-	JOB_CHECK,
-	JOB_STOP,
-};
-
-struct job {
-	struct job *next;
-	enum job_kind kind;
-	bool embedded;		/* the stop job lives in struct indexer: stopping never allocates */
-	size_t cat;
-	char *path;
-};
-
-/* What a file looked like when it was last seen, to tell "quiet" without trusting clocks. */
-struct fsig {
-	uint64_t dev;
-	uint64_t ino;
-	uint64_t size;
-	int64_t mtime_ns;
-	int64_t ctime_ns;
-};
-
-/*
- * One member of a path set (keyed by category and relative path) or of the watch table
- * (keyed by wd). Which fields mean something depends on the set.
- */
-struct pent {
-	struct pent *next;
-	uint64_t hash;
-	size_t cat;
-	char *path;
-	int wd;			/* watches: the key; dirs: the dir's watch, -1 if none */
-	int64_t due;		/* pending: mono ns when to look again */
-	int64_t seen_at;	/* pending: mono ns when the file was first seen as @sig */
-	struct fsig sig;	/* pending: valid when has_sig */
-	bool has_sig;
-	uint64_t gen;		/* dirs: the scan generation that last met it */
-};
-
-struct pset {
-	struct pent **buckets;
-	size_t n_buckets;	/* 0 or a power of two */
-	size_t count;
-	bool by_wd;
-};
-
-/* A copy of the parts of a catalog entry the indexer decides on. */
-struct entry_copy {
-	bool deleted;
-	bool replica;			/* another host's file this node holds a copy of */
-	uint64_t size;
-	int64_t mtime_ns;
-	struct hash128 hash;
-	uint64_t dev;
-	uint64_t ino;
-	int64_t ctime_ns;
-};
-
-/* A hashed file waiting in the publish batch: what the publication needs afterwards. */
-struct pub_item {
-	size_t cat;
-	char *path;			/* owned; pubs[i].e.path points to it */
-	struct hash128 *chunks;		/* owned; pubs[i].chunks points to it */
-	struct hash128 *blocks;		/* owned; pubs[i].blocks points to it */
-	struct entry_copy old;		/* the entry it replaces, for the stats */
-	bool had_old;
-};
-
-struct pub_batch {
-	struct cat_publish pubs[PUBLISH_BATCH];
-	struct pub_item items[PUBLISH_BATCH];
-	size_t n;
-};
-
-/* (category, path) pairs collected from a catalog walk, to act on after it returns. */
-struct path_list {
-	struct {
-		size_t cat;
-		char *path;
-	} *items;
-	size_t n;
-	size_t cap;
-};
-
-struct indexer {
-	const struct mfs_config *cfg;
-	struct catalog *cat;
-	struct indexer_ops ops;
-	void *arg;
-	int64_t quiet_ns;
-	int64_t rescan_ns;
-	size_t n_cats;
-	char *catdir[CFG_MAX_CATEGORIES];	/* NULL: this node has no dir for it */
-	int wake_fd;				/* eventfd: a job was queued */
-	int ino_fd;				/* -1 when inotify is unavailable */
-	pthread_t thread;
-	bool thread_started;
-	struct job stop_job;
-
-	pthread_mutex_t lock;
-	pthread_cond_t scan_cond;	/* signalled when a full scan finishes */
-	/* protected by lock: */
-	struct job *head, *tail;
-	size_t n_jobs;
-	bool scan_queued;
-	bool first_scan_done;
-	struct indexer_stats stats;
-
-	/* owned by the indexer thread, no lock: */
-	bool stopping;
-	bool scan_wanted;
-	bool scanning;
-	bool in_service;
-	bool pending_full_logged;
-	bool watch_limit_logged;
-	bool no_dir_logged[CFG_MAX_CATEGORIES];
-	bool cat_missing[CFG_MAX_CATEGORIES];
-	uint64_t gen;
-	int64_t next_due;		/* mono ns; may be early, never late */
-	int64_t next_rescan;		/* mono ns */
-	int64_t last_service;		/* mono ns */
-	uint64_t scan_unreadable;
-	char scan_last_unreadable[512];
-	struct pset pending;		/* paths to look at again */
-	struct pset dirs;		/* directories known to exist */
-	struct pset watches;		/* inotify wd -> (category, dir) */
-	struct pset warned;		/* unreadable paths already logged in this scan */
-	struct pub_batch batch;		/* hashed, not yet committed (see the file header) */
-	char events[EVENT_BUF_SIZE] __attribute__((aligned(__alignof__(struct inotify_event))));
-};
-
-static void check_path(struct indexer *ix, size_t ci, const char *rel, bool force,
-		       const struct pent *prev);
-static void flush_publishes(struct indexer *ix);
 
 /* --- small helpers ------------------------------------------------------------------------ */
 
@@ -241,7 +103,7 @@ static bool sig_equal(const struct fsig *a, const struct fsig *b)
 	       a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns;
 }
 
-static bool ends_with_writing(const char *name)
+bool indexer_ends_with_writing(const char *name)
 {
 	size_t n = strlen(name);
 
@@ -249,7 +111,7 @@ static bool ends_with_writing(const char *name)
 }
 
 /* "dir/name", or "name" when @dir is the category root "". NULL on ENOMEM. */
-static char *rel_join(const char *dir, const char *name)
+char *indexer_rel_join(const char *dir, const char *name)
 {
 	char *out = NULL;
 
@@ -258,21 +120,6 @@ static char *rel_join(const char *dir, const char *name)
 	else if (asprintf(&out, "%s/%s", dir, name) < 0)
 		out = NULL;
 	return out;
-}
-
-/* True when @path is @dir itself or lies below it; "" is above everything. */
-static bool rel_is_under(const char *path, const char *dir)
-{
-	size_t n = strlen(dir);
-
-	if (n == 0)
-		return true;
-	return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
-}
-
-static const char *cat_name(const struct indexer *ix, size_t ci)
-{
-	return ix->cfg->categories[ci].name;
 }
 
 static void copy_entry_cb(void *arg, const struct cat_entry *e)
@@ -296,7 +143,8 @@ static int get_entry(struct indexer *ix, size_t ci, const char *rel, struct entr
 	int ret;
 
 	memset(out, 0, sizeof(*out));
-	ret = catalog_get(ix->cat, ix->cfg->node, cat_name(ix, ci), rel, copy_entry_cb, out);
+	ret = catalog_get(ix->cat, ix->cfg->node, indexer_cat_name(ix, ci), rel, copy_entry_cb,
+			  out);
 	if (ret == 0 && out->replica) {
 		memset(out, 0, sizeof(*out));
 		ret = -ENOENT;
@@ -311,7 +159,7 @@ static bool identity_matches(const struct entry_copy *c, const struct stat *st)
 	       c->ctime_ns == ts_ns(&st->st_ctim);
 }
 
-static void path_list_free(struct path_list *l)
+void indexer_path_list_free(struct path_list *l)
 {
 	for (size_t i = 0; i < l->n; i++)
 		free(l->items[i].path);
@@ -337,7 +185,8 @@ static int collect_cb(void *arg, const struct cat_entry *e)
 	if (ci < 0 || (c->only_cat != SIZE_MAX && (size_t)ci != c->only_cat))
 		return 0;
 	if (strcmp(e->origin, c->ix->cfg->node) != 0)
-		return 0; /* a replica of another host's file: no file of ours (catalog_replicas.c) */
+		return 0; /* a replica of another host's file: no file of ours (catalog_replicas.c)
+			   */
 	if (c->under) {
 		n = strlen(c->under);
 		if (strncmp(e->path, c->under, n) != 0 || e->path[n] != '/')
@@ -361,8 +210,8 @@ static int collect_cb(void *arg, const struct cat_entry *e)
 }
 
 /* Live entries of this node, filtered as in struct collect_ctx. 0 or -errno (list freed). */
-static int collect_entries(struct indexer *ix, size_t only_cat, const char *under,
-			   struct path_list *out)
+int indexer_collect_entries(struct indexer *ix, size_t only_cat, const char *under,
+			    struct path_list *out)
 {
 	struct collect_ctx c = { .ix = ix, .list = out, .only_cat = only_cat, .under = under };
 	int ret;
@@ -370,183 +219,8 @@ static int collect_entries(struct indexer *ix, size_t only_cat, const char *unde
 	memset(out, 0, sizeof(*out));
 	ret = catalog_foreach(ix->cat, ix->cfg->node, collect_cb, &c);
 	if (ret < 0)
-		path_list_free(out);
+		indexer_path_list_free(out);
 	return ret;
-}
-
-/* --- path sets -------------------------------------------------------------------------------- */
-
-static uint64_t key_hash(const struct pset *s, int wd, size_t ci, const char *path)
-{
-	uint64_t h = 1469598103934665603ULL;
-
-	if (s->by_wd)
-		return (uint64_t)(unsigned)wd * 0x9e3779b97f4a7c15ULL;
-	h = (h ^ ci) * 1099511628211ULL;
-	for (const unsigned char *p = (const unsigned char *)path; *p; p++)
-		h = (h ^ *p) * 1099511628211ULL;
-	return h;
-}
-
-static bool key_equal(const struct pset *s, const struct pent *e, int wd, size_t ci,
-		      const char *path)
-{
-	if (s->by_wd)
-		return e->wd == wd;
-	return e->cat == ci && strcmp(e->path, path) == 0;
-}
-
-static struct pent *pset_find(struct pset *s, int wd, size_t ci, const char *path)
-{
-	uint64_t h;
-
-	if (!s->n_buckets)
-		return NULL;
-	h = key_hash(s, wd, ci, path);
-	for (struct pent *e = s->buckets[h & (s->n_buckets - 1)]; e; e = e->next)
-		if (e->hash == h && key_equal(s, e, wd, ci, path))
-			return e;
-	return NULL;
-}
-
-static void pset_link(struct pset *s, struct pent *e)
-{
-	size_t b = e->hash & (s->n_buckets - 1);
-
-	e->next = s->buckets[b];
-	s->buckets[b] = e;
-	s->count++;
-}
-
-static int pset_grow(struct pset *s)
-{
-	size_t n = s->n_buckets ? s->n_buckets * 2 : 64;
-	struct pent **nb = calloc(n, sizeof(*nb));
-	size_t old_n = s->n_buckets;
-	struct pent **old = s->buckets;
-
-	if (!nb)
-		return -ENOMEM;
-	s->buckets = nb;
-	s->n_buckets = n;
-	s->count = 0;
-	for (size_t i = 0; i < old_n; i++) {
-		while (old[i]) {
-			struct pent *e = old[i];
-
-			old[i] = e->next;
-			pset_link(s, e);
-		}
-	}
-	free(old);
-	return 0;
-}
-
-/* Puts an entry taken out by pset_extract() back. */
-static int pset_relink(struct pset *s, struct pent *e)
-{
-	if (s->count >= s->n_buckets && pset_grow(s) < 0 && !s->n_buckets)
-		return -ENOMEM;
-	pset_link(s, e);
-	return 0;
-}
-
-static void pent_free(struct pent *e)
-{
-	if (e)
-		free(e->path);
-	free(e);
-}
-
-/* Adds a new member (the caller has checked it is absent). NULL on ENOMEM. */
-static struct pent *pset_add(struct pset *s, int wd, size_t ci, const char *path)
-{
-	struct pent *e = calloc(1, sizeof(*e));
-
-	if (!e)
-		goto out;
-	e->path = strdup(path);
-	e->wd = wd;
-	e->cat = ci;
-	e->hash = key_hash(s, wd, ci, path);
-	if (!e->path || pset_relink(s, e) < 0) {
-		pent_free(e);
-		e = NULL;
-	}
-out:
-	return e;
-}
-
-static void pset_del(struct pset *s, struct pent *victim)
-{
-	struct pent **pp = &s->buckets[victim->hash & (s->n_buckets - 1)];
-
-	for (; *pp; pp = &(*pp)->next) {
-		if (*pp == victim) {
-			*pp = victim->next;
-			s->count--;
-			pent_free(victim);
-			break;
-		}
-	}
-}
-
-static void pset_del_key(struct pset *s, size_t ci, const char *path)
-{
-	struct pent *e = pset_find(s, -1, ci, path);
-
-	if (e)
-		pset_del(s, e);
-}
-
-/* Unlinks every member @pred accepts and returns them as a list chained through ->next. */
-static struct pent *pset_extract(struct pset *s, bool (*pred)(struct pent *e, void *arg),
-				 void *arg)
-{
-	struct pent *taken = NULL;
-
-	for (size_t b = 0; b < s->n_buckets; b++) {
-		struct pent **pp = &s->buckets[b];
-
-		while (*pp) {
-			struct pent *e = *pp;
-
-			if (pred(e, arg)) {
-				*pp = e->next;
-				s->count--;
-				e->next = taken;
-				taken = e;
-			} else {
-				pp = &e->next;
-			}
-		}
-	}
-	return taken;
-}
-
-static bool pred_all(struct pent *e, void *arg)
-{
-	return true;
-}
-
-static void pset_clear(struct pset *s)
-{
-	struct pent *list = pset_extract(s, pred_all, NULL);
-
-	while (list) {
-		struct pent *next = list->next;
-
-		pent_free(list);
-		list = next;
-	}
-}
-
-static void pset_destroy(struct pset *s)
-{
-	pset_clear(s);
-	free(s->buckets);
-	s->buckets = NULL;
-	s->n_buckets = 0;
 }
 
 /* --- stats and warnings ------------------------------------------------------------------- */
@@ -581,14 +255,14 @@ static void stats_deleted(struct indexer *ix, uint64_t size)
  * Records that (category @ci, @rel) could not be read. Logged and counted once per path per
  * scan: a directory of unreadable files must not flood the log every time it is looked at.
  */
-static void note_unreadable(struct indexer *ix, size_t ci, const char *rel, bool is_dir,
-			    int err)
+void indexer_note_unreadable(struct indexer *ix, size_t ci, const char *rel, bool is_dir,
+			     int err)
 {
 	char line[sizeof(ix->stats.last_unreadable)];
 
 	if (pset_find(&ix->warned, -1, ci, rel))
 		return;
-	snprintf(line, sizeof(line), "%s/%s%s: %s", cat_name(ix, ci), rel,
+	snprintf(line, sizeof(line), "%s/%s%s: %s", indexer_cat_name(ix, ci), rel,
 		 is_dir && rel[0] ? "/" : "", strerror(err));
 	if (ix->warned.count < MAX_UNREADABLE_LOGGED && pset_add(&ix->warned, -1, ci, rel)) {
 		log_msg(LOG_WARNING, "indexer: skipping unreadable %s %s",
@@ -704,7 +378,7 @@ static void drain_jobs(struct indexer *ix)
 			ix->scan_wanted = true;
 			break;
 		case JOB_CHECK:
-			check_path(ix, j->cat, j->path, true, NULL);
+			indexer_check_path(ix, j->cat, j->path, true, NULL);
 			break;
 		}
 		free_job(j);
@@ -821,10 +495,49 @@ static bool is_quiet(struct indexer *ix, const struct stat *st, const struct pen
 	return false;
 }
 
+struct due_arg {
+	int64_t now;
+	int64_t next;
+};
+
+static bool pred_due(struct pent *e, void *arg)
+{
+	struct due_arg *d = arg;
+
+	if (e->due <= d->now)
+		return true;
+	if (e->due < d->next)
+		d->next = e->due;
+	return false;
+}
+
+/* Looks at every pending path whose time has come. */
+static void run_due(struct indexer *ix)
+{
+	struct due_arg d = { .now = mono_ns(), .next = INT64_MAX };
+	struct pent *list;
+
+	if (d.now < ix->next_due)
+		return;
+	list = pset_extract(&ix->pending, pred_due, &d);
+	ix->next_due = d.next;
+	if (ix->pending.count < MAX_PENDING / 2)
+		ix->pending_full_logged = false;
+	while (list) {
+		struct pent *e = list;
+
+		list = e->next;
+		if (!ix->stopping)
+			indexer_check_path(ix, e->cat, e->path, false, e);
+		pset_entry_free(e);
+		indexer_service(ix);
+	}
+}
+
 /* --- inotify ------------------------------------------------------------------------------ */
 
 /* Watches directory @full, known as (@ci, @rel). Returns the wd or -1. */
-static int add_watch(struct indexer *ix, size_t ci, const char *rel, const char *full)
+int indexer_add_watch(struct indexer *ix, size_t ci, const char *rel, const char *full)
 {
 	uint32_t mask = WATCH_MASK;
 	struct pent *w;
@@ -866,7 +579,7 @@ static int add_watch(struct indexer *ix, size_t ci, const char *rel, const char 
 }
 
 /* Stops watching the dir (@ci, @rel) if @wd still stands for it. */
-static void drop_watch(struct indexer *ix, int wd, size_t ci, const char *rel)
+void indexer_drop_watch(struct indexer *ix, int wd, size_t ci, const char *rel)
 {
 	struct pent *w;
 
@@ -903,13 +616,13 @@ static void handle_event(struct indexer *ix, const struct inotify_event *ev)
 			pend(ix, w->cat, w->path, ix->quiet_ns);
 		goto out;
 	}
-	rel = rel_join(w->path, ev->name);
+	rel = indexer_rel_join(w->path, ev->name);
 	if (!rel) {
 		ix->scan_wanted = true;
 		goto out;
 	}
 	len = strlen(rel);
-	if (ends_with_writing(rel)) {
+	if (indexer_ends_with_writing(rel)) {
 		/* A sidecar came or went: its file may now be publishable, quiet or not yet. */
 		rel[len - WRITING_LEN] = '\0';
 		if (rel[0] && rel[strlen(rel) - 1] != '/')
@@ -924,7 +637,7 @@ static void handle_event(struct indexer *ix, const struct inotify_event *ev)
 		 * gets the quiet period, so a rename made through the mount is recorded by
 		 * indexer_renamed() before the walk would take its files for new ones. */
 		if (full)
-			add_watch(ix, ci, rel, full);
+			indexer_add_watch(ix, ci, rel, full);
 		free(full);
 		pend(ix, ci, rel, (ev->mask & IN_CREATE) ? 0 : ix->quiet_ns);
 		goto out;
@@ -966,7 +679,7 @@ static void read_events(struct indexer *ix)
  * Called between files of long work: serves queued jobs and inotify at most every SERVICE_NS.
  * Work started from here (a publish-now of a directory) only looks for a stop.
  */
-static void service(struct indexer *ix)
+void indexer_service(struct indexer *ix)
 {
 	int64_t now = mono_ns();
 
@@ -974,7 +687,7 @@ static void service(struct indexer *ix)
 		return;
 	ix->last_service = now;
 	/* Before any job or event: they may look at a path of the batch. */
-	flush_publishes(ix);
+	indexer_flush_publishes(ix);
 	if (ix->in_service) {
 		peek_stop(ix);
 		return;
@@ -1002,35 +715,25 @@ static int delete_entry(struct indexer *ix, size_t ci, const char *rel, bool not
 		ret = -ENOENT;
 		goto out;
 	}
-	ret = catalog_delete_local(ix->cat, ix->cfg->node, cat_name(ix, ci), rel, &seq);
+	ret = catalog_delete_local(ix->cat, ix->cfg->node, indexer_cat_name(ix, ci), rel, &seq);
 	if (ret < 0)
 		goto out;
 	stats_deleted(ix, old.size);
-	log_msg(LOG_DEBUG, "indexer: %s/%s deleted", cat_name(ix, ci), rel);
+	log_msg(LOG_DEBUG, "indexer: %s/%s deleted", indexer_cat_name(ix, ci), rel);
 	if (notify && ix->ops.deleted)
 		ix->ops.deleted(ix->arg, ci, rel);
 out:
 	if (ret < 0 && ret != -ENOENT)
 		log_msg(LOG_WARNING, "indexer: deleting %s/%s from the catalog: %s",
-			cat_name(ix, ci), rel, strerror(-ret));
+			indexer_cat_name(ix, ci), rel, strerror(-ret));
 	return ret;
 }
 
 /* delete_entry() from the indexer thread, which may have @rel in its publish batch. */
-static void drop_entry(struct indexer *ix, size_t ci, const char *rel)
+void indexer_drop_entry(struct indexer *ix, size_t ci, const char *rel)
 {
-	flush_publishes(ix);
+	indexer_flush_publishes(ix);
 	delete_entry(ix, ci, rel, true);
-}
-
-/* True when lstat() proves @full is gone (or is no longer of the kind @want_dir asks). */
-static bool proven_gone(const char *full, bool want_dir)
-{
-	struct stat st;
-
-	if (lstat(full, &st) < 0)
-		return errno == ENOENT || errno == ENOTDIR;
-	return want_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode);
 }
 
 /*
@@ -1056,11 +759,11 @@ static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, con
 		if (errno == ENOENT || errno == ELOOP || errno == ENOTDIR)
 			pend(ix, ci, rel, RETRY_NS);	/* replaced meanwhile: look again */
 		else
-			note_unreadable(ix, ci, rel, false, errno);
+			indexer_note_unreadable(ix, ci, rel, false, errno);
 		goto out;
 	}
 	if (fstat(fd, &before) < 0) {
-		note_unreadable(ix, ci, rel, false, errno);
+		indexer_note_unreadable(ix, ci, rel, false, errno);
 		goto out;
 	}
 	sig_of(st, &looked);
@@ -1072,17 +775,17 @@ static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, con
 	}
 	ret = hash_fd_blocks(fd, &whole, &size, &chunks, &n_chunks, &blocks, &n_blocks);
 	if (ret < 0) {
-		note_unreadable(ix, ci, rel, false, -ret);
+		indexer_note_unreadable(ix, ci, rel, false, -ret);
 		goto out;
 	}
 	if (fstat(fd, &after) < 0) {
-		note_unreadable(ix, ci, rel, false, errno);
+		indexer_note_unreadable(ix, ci, rel, false, errno);
 		goto out;
 	}
 	if (after.st_size != before.st_size || (uint64_t)after.st_size != size ||
 	    ts_ns(&after.st_mtim) != ts_ns(&before.st_mtim)) {
-		log_msg(LOG_DEBUG, "indexer: %s/%s changed while hashed; later", cat_name(ix, ci),
-			rel);
+		log_msg(LOG_DEBUG, "indexer: %s/%s changed while hashed; later",
+			indexer_cat_name(ix, ci), rel);
 		pend(ix, ci, rel, retry);
 		goto out;
 	}
@@ -1093,7 +796,7 @@ static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, con
 	 */
 	path = strdup(rel);
 	if (!path) {
-		log_msg(LOG_WARNING, "indexer: publishing %s/%s: %s", cat_name(ix, ci), rel,
+		log_msg(LOG_WARNING, "indexer: publishing %s/%s: %s", indexer_cat_name(ix, ci), rel,
 			strerror(ENOMEM));
 		goto out;
 	}
@@ -1102,7 +805,7 @@ static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, con
 	e = &ix->batch.pubs[ix->batch.n].e;
 	memset(e, 0, sizeof(*e));
 	e->host = ix->cfg->node;
-	e->category = cat_name(ix, ci);
+	e->category = indexer_cat_name(ix, ci);
 	e->path = path;
 	e->size = size;
 	e->mtime_ns = ts_ns(&after.st_mtim);
@@ -1127,7 +830,7 @@ static void hash_and_publish(struct indexer *ix, size_t ci, const char *rel, con
 	chunks = NULL;
 	blocks = NULL;
 	if (ix->batch.n == PUBLISH_BATCH)
-		flush_publishes(ix);
+		indexer_flush_publishes(ix);
 out:
 	free(chunks);
 	free(blocks);
@@ -1149,7 +852,7 @@ static bool batch_has(const struct indexer *ix, size_t ci, const char *rel)
  * batch as a whole fails, each file is tried on its own, so one bad entry (or a commit that
  * failed for a moment) costs only itself, as when every file had its own transaction.
  */
-static void flush_publishes(struct indexer *ix)
+void indexer_flush_publishes(struct indexer *ix)
 {
 	struct pub_batch *b = &ix->batch;
 	int ret, r;
@@ -1186,8 +889,8 @@ static void flush_publishes(struct indexer *ix)
  * Decides about one regular file: unchanged (count it), held by a sidecar, not quiet yet
  * (pend it), or hash and publish it. @force skips the quiet period.
  */
-static void check_file(struct indexer *ix, size_t ci, const char *rel, const char *full,
-		       const struct stat *st, bool sidecar, bool force, const struct pent *prev)
+void indexer_check_file(struct indexer *ix, size_t ci, const char *rel, const char *full,
+			const struct stat *st, bool sidecar, bool force, const struct pent *prev)
 {
 	struct entry_copy old;
 	bool had_old;
@@ -1201,10 +904,10 @@ static void check_file(struct indexer *ix, size_t ci, const char *rel, const cha
 	}
 	/* Hashed moments ago in this batch: what it decided must be in the catalog first. */
 	if (batch_has(ix, ci, rel))
-		flush_publishes(ix);
+		indexer_flush_publishes(ix);
 	ret = get_entry(ix, ci, rel, &old);
 	if (ret < 0 && ret != -ENOENT) {
-		log_msg(LOG_WARNING, "indexer: looking up %s/%s: %s", cat_name(ix, ci), rel,
+		log_msg(LOG_WARNING, "indexer: looking up %s/%s: %s", indexer_cat_name(ix, ci), rel,
 			strerror(-ret));
 		goto out;
 	}
@@ -1221,501 +924,6 @@ static void check_file(struct indexer *ix, size_t ci, const char *rel, const cha
 		hash_and_publish(ix, ci, rel, full, st, &old, had_old);
 out:
 	return;
-}
-
-/* Whether "<full>.writing" exists. */
-static bool has_sidecar(const char *full)
-{
-	struct stat st;
-	char *side = NULL;
-	bool ret = false;
-
-	if (asprintf(&side, "%s" WRITING_SUFFIX, full) < 0)
-		side = NULL;
-	else
-		ret = lstat(side, &st) == 0;
-	free(side);
-	return ret;
-}
-
-/* --- walking ------------------------------------------------------------------------------ */
-
-struct str_stack {
-	char **items;
-	size_t n;
-	size_t cap;
-};
-
-static int stack_push(struct str_stack *s, char *str)
-{
-	if (s->n == s->cap) {
-		size_t ncap = s->cap ? s->cap * 2 : 16;
-		char **bigger = realloc(s->items, ncap * sizeof(*bigger));
-
-		if (!bigger) {
-			free(str);
-			return -ENOMEM;
-		}
-		s->items = bigger;
-		s->cap = ncap;
-	}
-	s->items[s->n++] = str;
-	return 0;
-}
-
-static int cmp_names(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static bool names_contain(char **names, size_t n, const char *name)
-{
-	return bsearch(&name, names, n, sizeof(*names), cmp_names) != NULL;
-}
-
-/* Marks dir (@ci, @rel) as met in this generation, watches it, and tells the owner. */
-static void meet_dir(struct indexer *ix, size_t ci, const char *rel, const char *full)
-{
-	struct pent *d = pset_find(&ix->dirs, -1, ci, rel);
-
-	if (!d)
-		d = pset_add(&ix->dirs, -1, ci, rel);
-	if (d) {
-		d->gen = ix->gen;
-		d->wd = add_watch(ix, ci, rel, full);
-	}
-	if (ix->ops.dir_seen)
-		ix->ops.dir_seen(ix->arg, ci, rel);
-}
-
-/* Reads every name of the open directory @dir except "." and "..", sorted. */
-static int read_names(DIR *dir, char ***out, size_t *n_out)
-{
-	char **names = NULL;
-	size_t n = 0, cap = 0;
-	struct dirent *de;
-	int ret = 0;
-
-	for (;;) {
-		errno = 0;
-		de = readdir(dir);
-		if (!de) {
-			ret = -errno;
-			break;
-		}
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		if (n == cap) {
-			size_t ncap = cap ? cap * 2 : 64;
-			char **bigger = realloc(names, ncap * sizeof(*bigger));
-
-			if (!bigger) {
-				ret = -ENOMEM;
-				break;
-			}
-			names = bigger;
-			cap = ncap;
-		}
-		names[n] = strdup(de->d_name);
-		if (!names[n]) {
-			ret = -ENOMEM;
-			break;
-		}
-		n++;
-	}
-	if (n > 1)
-		qsort(names, n, sizeof(*names), cmp_names);
-	*out = names;
-	*n_out = n;
-	return ret;
-}
-
-/* Looks at the entries of one directory; subdirectories go onto @todo. */
-static void walk_dir(struct indexer *ix, size_t ci, const char *rel, bool force,
-		     struct str_stack *todo)
-{
-	char *full = path_join(ix->catdir[ci], rel), **names = NULL;
-	char side[NAME_MAX + WRITING_LEN + 2];
-	size_t n_names = 0;
-	DIR *dir = NULL;
-	int fd, ret;
-
-	if (!full)
-		goto out;
-	meet_dir(ix, ci, rel, full);
-	fd = open(full,
-		  O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NONBLOCK | (rel[0] ? O_NOFOLLOW : 0));
-	if (fd < 0) {
-		if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP)
-			note_unreadable(ix, ci, rel, true, errno);
-		goto out;
-	}
-	dir = fdopendir(fd);
-	if (!dir) {
-		note_unreadable(ix, ci, rel, true, errno);
-		close(fd);
-		goto out;
-	}
-	ret = read_names(dir, &names, &n_names);
-	if (ret < 0)
-		note_unreadable(ix, ci, rel, true, -ret);
-	for (size_t i = 0; i < n_names && !ix->stopping; i++) {
-		const char *name = names[i];
-		char *child = NULL, *child_full = NULL;
-		struct stat st;
-
-		service(ix);
-		if (ix->stopping || ends_with_writing(name))
-			continue;
-		child = rel_join(rel, name);
-		if (!child)
-			continue;
-		if (!path_is_clean_relative(child)) {
-			log_msg(LOG_DEBUG, "indexer: skipping %s/%s: not a clean path",
-				cat_name(ix, ci), child);
-		} else if (fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-			if (errno != ENOENT)
-				note_unreadable(ix, ci, child, false, errno);
-		} else if (S_ISDIR(st.st_mode)) {
-			stack_push(todo, child);
-			child = NULL;
-		} else if (S_ISLNK(st.st_mode)) {
-			/* Never published (no content of its own) and never followed, but shown
-			 * in this node's view, as when it was made through the mount. */
-			if (ix->ops.symlink_seen)
-				ix->ops.symlink_seen(ix->arg, ci, child);
-		} else if (S_ISREG(st.st_mode)) {
-			snprintf(side, sizeof(side), "%s" WRITING_SUFFIX, name);
-			child_full = path_join(full, name);
-			if (child_full)
-				check_file(ix, ci, child, child_full, &st,
-					   names_contain(names, n_names, side), force, NULL);
-		}
-		free(child_full);
-		free(child);
-	}
-out:
-	for (size_t i = 0; i < n_names; i++)
-		free(names[i]);
-	free(names);
-	if (dir)
-		closedir(dir);
-	free(full);
-}
-
-/* Walks the tree at (@ci, @rel), which lstat has just shown to be a directory. */
-static void walk_tree(struct indexer *ix, size_t ci, const char *rel, bool force)
-{
-	struct str_stack todo = { 0 };
-	char *start = strdup(rel);
-
-	if (!start || stack_push(&todo, start) < 0)
-		goto out;
-	while (todo.n && !ix->stopping) {
-		char *dir = todo.items[--todo.n];
-
-		walk_dir(ix, ci, dir, force, &todo);
-		free(dir);
-	}
-out:
-	while (todo.n)
-		free(todo.items[--todo.n]);
-	free(todo.items);
-}
-
-struct under_arg {
-	size_t cat;
-	const char *dir;
-};
-
-static bool pred_dir_under(struct pent *e, void *arg)
-{
-	const struct under_arg *u = arg;
-
-	return e->cat == u->cat && rel_is_under(e->path, u->dir);
-}
-
-/*
- * Re-checks the known directories in @list (taken out of ix->dirs): those lstat shows gone
- * are reported and forgotten, the rest go back with the current generation.
- */
-static void settle_dirs(struct indexer *ix, struct pent *list)
-{
-	while (list) {
-		struct pent *d = list;
-		char *full = path_join(ix->catdir[d->cat], d->path);
-
-		list = d->next;
-		if (full && proven_gone(full, true)) {
-			drop_watch(ix, d->wd, d->cat, d->path);
-			log_msg(LOG_DEBUG, "indexer: dir %s/%s gone", cat_name(ix, d->cat),
-				d->path);
-			if (ix->ops.dir_gone)
-				ix->ops.dir_gone(ix->arg, d->cat, d->path);
-			pent_free(d);
-		} else {
-			d->gen = ix->gen;
-			if (pset_relink(&ix->dirs, d) < 0)
-				pent_free(d);
-		}
-		free(full);
-	}
-}
-
-/* Deletes the entries in @l whose files lstat shows gone (or no longer regular). */
-static void settle_entries(struct indexer *ix, struct path_list *l, const bool *present)
-{
-	for (size_t i = 0; i < l->n && !ix->stopping; i++) {
-		size_t ci = l->items[i].cat;
-		char *full;
-
-		if (present && !present[ci])
-			continue;
-		full = path_join(ix->catdir[ci], l->items[i].path);
-		if (full && proven_gone(full, false))
-			drop_entry(ix, ci, l->items[i].path);
-		free(full);
-		service(ix);
-	}
-}
-
-/* What was at directory (@ci, @rel) is gone: settle everything known below it. */
-static void subtree_gone(struct indexer *ix, size_t ci, const char *rel)
-{
-	struct under_arg u = { .cat = ci, .dir = rel };
-	struct path_list l;
-
-	flush_publishes(ix);
-	if (collect_entries(ix, ci, rel, &l) == 0) {
-		settle_entries(ix, &l, NULL);
-		path_list_free(&l);
-	}
-	settle_dirs(ix, pset_extract(&ix->dirs, pred_dir_under, &u));
-}
-
-/* True when the category's own directory is there (following a symlink to it). */
-static bool cat_root_present(struct indexer *ix, size_t ci)
-{
-	struct stat st;
-
-	return ix->catdir[ci] && stat(ix->catdir[ci], &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-/*
- * Looks at one path now: a file is checked (@force: without the quiet wait), a directory
- * walked, and what is gone is deleted — unless the whole category dir is gone, which looks
- * like unmounted storage, not like deleted data. @prev is the pending entry that led here.
- */
-static void check_path(struct indexer *ix, size_t ci, const char *rel, bool force,
-		       const struct pent *prev)
-{
-	char *full = NULL;
-	const char *base;
-	struct stat st;
-
-	if (ci >= ix->n_cats || !ix->catdir[ci] || (rel[0] && !path_is_clean_relative(rel)))
-		goto out;
-	base = strrchr(rel, '/');
-	base = base ? base + 1 : rel;
-	if (ends_with_writing(base))
-		goto out;
-	if (!cat_root_present(ix, ci)) {
-		log_msg(LOG_DEBUG, "indexer: %s/%s: category dir missing, leaving it be",
-			cat_name(ix, ci), rel);
-		goto out;
-	}
-	full = path_join(ix->catdir[ci], rel);
-	if (!full)
-		goto out;
-	if ((rel[0] ? lstat(full, &st) : stat(full, &st)) < 0) {
-		if (errno == ENOENT || errno == ENOTDIR) {
-			drop_entry(ix, ci, rel);
-			if (pset_find(&ix->dirs, -1, ci, rel))
-				subtree_gone(ix, ci, rel);
-		} else {
-			note_unreadable(ix, ci, rel, false, errno);
-		}
-		goto out;
-	}
-	if (S_ISDIR(st.st_mode)) {
-		if (rel[0])
-			drop_entry(ix, ci, rel);
-		walk_tree(ix, ci, rel, force);
-		goto out;
-	}
-	if (pset_find(&ix->dirs, -1, ci, rel))
-		subtree_gone(ix, ci, rel);
-	if (S_ISREG(st.st_mode))
-		check_file(ix, ci, rel, full, &st, has_sidecar(full), force, prev);
-	else
-		drop_entry(ix, ci, rel);
-out:
-	free(full);
-}
-
-struct due_arg {
-	int64_t now;
-	int64_t next;
-};
-
-static bool pred_due(struct pent *e, void *arg)
-{
-	struct due_arg *d = arg;
-
-	if (e->due <= d->now)
-		return true;
-	if (e->due < d->next)
-		d->next = e->due;
-	return false;
-}
-
-/* Looks at every pending path whose time has come. */
-static void run_due(struct indexer *ix)
-{
-	struct due_arg d = { .now = mono_ns(), .next = INT64_MAX };
-	struct pent *list;
-
-	if (d.now < ix->next_due)
-		return;
-	list = pset_extract(&ix->pending, pred_due, &d);
-	ix->next_due = d.next;
-	if (ix->pending.count < MAX_PENDING / 2)
-		ix->pending_full_logged = false;
-	while (list) {
-		struct pent *e = list;
-
-		list = e->next;
-		if (!ix->stopping)
-			check_path(ix, e->cat, e->path, false, e);
-		pent_free(e);
-		service(ix);
-	}
-}
-
-/* --- full scan ---------------------------------------------------------------------------- */
-
-struct stale_arg {
-	uint64_t gen;
-	const bool *present;
-};
-
-static bool pred_dir_stale(struct pent *e, void *arg)
-{
-	const struct stale_arg *s = arg;
-
-	return e->gen != s->gen && s->present[e->cat];
-}
-
-struct count_ctx {
-	const char *category;
-	size_t n;
-};
-
-static int count_cb(void *arg, const struct cat_entry *e)
-{
-	struct count_ctx *c = arg;
-
-	if (strcmp(e->category, c->category) == 0 && strcmp(e->origin, e->host) == 0)
-		c->n++;
-	return 0;
-}
-
-/* Walks one category; returns whether its directory is there and the walk completed. */
-static bool scan_category(struct indexer *ix, size_t ci)
-{
-	struct count_ctx counted = { .category = cat_name(ix, ci) };
-
-	bool ret = false;
-
-	if (!ix->catdir[ci]) {
-		if (!ix->no_dir_logged[ci])
-			log_msg(LOG_INFO, "indexer: this node has no directory for category %s "
-				"(no root or storage path)", cat_name(ix, ci));
-		ix->no_dir_logged[ci] = true;
-		goto out;
-	}
-	if (!cat_root_present(ix, ci)) {
-		if (!ix->cat_missing[ci]) {
-			catalog_foreach(ix->cat, ix->cfg->node, count_cb, &counted);
-			if (counted.n)
-				log_msg(LOG_WARNING, "indexer: %s (category %s) is missing; "
-					"keeping its %zu catalog entries (unmounted storage?)",
-					ix->catdir[ci], cat_name(ix, ci), counted.n);
-			else
-				log_msg(LOG_INFO, "indexer: %s (category %s) does not exist; "
-					"treating it as empty", ix->catdir[ci], cat_name(ix, ci));
-		}
-		ix->cat_missing[ci] = true;
-		goto out;
-	}
-	if (ix->cat_missing[ci])
-		log_msg(LOG_INFO, "indexer: %s (category %s) is back", ix->catdir[ci],
-			cat_name(ix, ci));
-	ix->cat_missing[ci] = false;
-	walk_tree(ix, ci, "", false);
-	ret = !ix->stopping;
-out:
-	return ret;
-}
-
-static void full_scan(struct indexer *ix)
-{
-	bool present[CFG_MAX_CATEGORIES] = { false };
-	struct stale_arg stale = { .present = present };
-	int64_t t0 = mono_ns(), ms;
-	struct path_list l;
-	uint64_t files = 0, bytes = 0, hashed0, hashed;
-	bool totals_ok;
-
-	ix->scan_wanted = false;
-	ix->scanning = true;
-	ix->gen++;
-	ix->scan_unreadable = 0;
-	ix->scan_last_unreadable[0] = '\0';
-	pset_clear(&ix->warned);
-	pthread_mutex_lock(&ix->lock);
-	hashed0 = ix->stats.hashed_files;
-	pthread_mutex_unlock(&ix->lock);
-
-	for (size_t ci = 0; ci < ix->n_cats && !ix->stopping; ci++)
-		present[ci] = scan_category(ix, ci);
-	if (ix->stopping)
-		goto out;
-	flush_publishes(ix);
-	/* Only after complete walks: what was not met is verified, never assumed gone. */
-	if (collect_entries(ix, SIZE_MAX, NULL, &l) == 0) {
-		settle_entries(ix, &l, present);
-		path_list_free(&l);
-	}
-	stale.gen = ix->gen;
-	settle_dirs(ix, pset_extract(&ix->dirs, pred_dir_stale, &stale));
-	if (ix->stopping)
-		goto out;
-
-	totals_ok = catalog_totals(ix->cat, ix->cfg->node, &files, &bytes) == 0;
-	ms = (mono_ns() - t0) / NS_PER_MS;
-	pthread_mutex_lock(&ix->lock);
-	if (totals_ok) {
-		ix->stats.files = files;
-		ix->stats.bytes = bytes;
-	}
-	files = ix->stats.files;
-	hashed = ix->stats.hashed_files - hashed0;
-	ix->stats.unreadable = ix->scan_unreadable;
-	snprintf(ix->stats.last_unreadable, sizeof(ix->stats.last_unreadable), "%s",
-		 ix->scan_last_unreadable);
-	ix->stats.last_scan_done = now_s();
-	ix->stats.last_scan_ms = ms;
-	ix->first_scan_done = true;
-	pthread_cond_broadcast(&ix->scan_cond);
-	pthread_mutex_unlock(&ix->lock);
-	log_msg(hashed || ix->scan_unreadable ? LOG_INFO : LOG_DEBUG,
-		"indexer: scan done in %lld ms: %llu files, %llu hashed, %llu unreadable",
-		(long long)ms, (unsigned long long)files, (unsigned long long)hashed,
-		(unsigned long long)ix->scan_unreadable);
-out:
-	ix->scanning = false;
-	ix->next_rescan = mono_ns() + ix->rescan_ns;
 }
 
 /* --- the thread --------------------------------------------------------------------------- */
@@ -1758,17 +966,17 @@ static void *indexer_main(void *arg)
 		if (ix->stopping)
 			break;
 		if (ix->scan_wanted || mono_ns() >= ix->next_rescan)
-			full_scan(ix);
+			indexer_full_scan(ix);
 		if (ix->stopping)
 			break;
 		run_due(ix);
 		if (ix->stopping)
 			break;
 		/* Nothing hashed may wait for the next wakeup. */
-		flush_publishes(ix);
+		indexer_flush_publishes(ix);
 		wait_for_work(ix);
 	}
-	flush_publishes(ix);
+	indexer_flush_publishes(ix);
 	return NULL;
 }
 
@@ -1950,7 +1158,7 @@ static int move_entry(struct indexer *ix, size_t ci, const char *old_rel, const 
 		ret = -ENOENT;
 	if (ret < 0)
 		goto out;
-	ret = catalog_get_chunks(ix->cat, ix->cfg->node, cat_name(ix, ci), old_rel, &chunks,
+	ret = catalog_get_chunks(ix->cat, ix->cfg->node, indexer_cat_name(ix, ci), old_rel, &chunks,
 				 &n_chunks);
 	if (ret < 0)
 		goto out;
@@ -1971,7 +1179,7 @@ static int move_entry(struct indexer *ix, size_t ci, const char *old_rel, const 
 	had_target = get_entry(ix, ci, new_rel, &target) == 0 && !target.deleted;
 	memset(&e, 0, sizeof(e));
 	e.host = ix->cfg->node;
-	e.category = cat_name(ix, ci);
+	e.category = indexer_cat_name(ix, ci);
 	e.path = new_rel;
 	e.size = old.size;
 	e.mtime_ns = old.mtime_ns;
@@ -2003,7 +1211,7 @@ static int move_entry(struct indexer *ix, size_t ci, const char *old_rel, const 
 out:
 	if (ret < 0 && ret != -ENOENT)
 		log_msg(LOG_WARNING, "indexer: moving %s/%s to %s in the catalog: %s",
-			cat_name(ix, ci), old_rel, new_rel, strerror(-ret));
+			indexer_cat_name(ix, ci), old_rel, new_rel, strerror(-ret));
 	free(blocks);
 	free(chunks);
 	free(full);
@@ -2038,7 +1246,7 @@ int indexer_renamed(struct indexer *ix, size_t cat_idx, const char *old_path,
 		goto out;
 	}
 	/* Collected first: the catalog cannot be changed from inside its own walk. */
-	ret = collect_entries(ix, cat_idx, old_path, &l);
+	ret = indexer_collect_entries(ix, cat_idx, old_path, &l);
 	if (ret < 0)
 		goto out;
 	old_len = strlen(old_path);
@@ -2056,7 +1264,7 @@ int indexer_renamed(struct indexer *ix, size_t cat_idx, const char *old_path,
 		free(np);
 	}
 out:
-	path_list_free(&l);
+	indexer_path_list_free(&l);
 	return ret;
 }
 

@@ -30,6 +30,7 @@
 #include <xxhash.h>
 
 #include "sync/log.h"
+#include "sync/shared.h"
 #include "sync/util.h"
 
 /* ------------------------------------------------------------------ hash tables */
@@ -476,7 +477,8 @@ int ns_create(const struct mfs_config *cfg, const struct ns_hooks *hooks, void *
 				cfg->self->name, cfg->categories[i].name);
 			goto fail;
 		}
-		ns->cat_passthrough[i] = config_is_shared(cfg->self, ns->cat_dirs[i]);
+		ns->cat_shared[i] = config_is_shared(cfg->self, ns->cat_dirs[i]);
+		ns->cat_mode[i] = ns->cat_shared[i] ? NS_CAT_PASSTHROUGH : NS_CAT_LOCAL;
 		c = ns_node_new(ns, cfg->categories[i].name, NK_DIR, NA_UNION, (int)i);
 		if (!c || ns_node_attach(ns, ns->root, c) < 0)
 			goto fail;
@@ -541,9 +543,28 @@ const char *ns_category_dir(struct ns *ns, size_t cat_idx)
 	return cat_idx < ns->cfg->n_categories ? ns->cat_dirs[cat_idx] : NULL;
 }
 
+enum ns_cat_mode ns_cat_mode_of(const struct ns *ns, int cat)
+{
+	if (cat < 0 || (size_t)cat >= ns->cfg->n_categories)
+		return NS_CAT_LOCAL;
+	return (enum ns_cat_mode)__atomic_load_n(&ns->cat_mode[cat], __ATOMIC_RELAXED);
+}
+
+enum ns_cat_mode ns_category_mode(struct ns *ns, size_t cat_idx)
+{
+	return cat_idx < ns->cfg->n_categories ? ns_cat_mode_of(ns, (int)cat_idx) : NS_CAT_LOCAL;
+}
+
 bool ns_category_passthrough(struct ns *ns, size_t cat_idx)
 {
-	return cat_idx < ns->cfg->n_categories && ns->cat_passthrough[cat_idx];
+	return ns_category_mode(ns, cat_idx) == NS_CAT_PASSTHROUGH;
+}
+
+bool ns_path_hidden(const char *rel)
+{
+	size_t n = sizeof(SHARED_PROBE_DIR) - 1;
+
+	return strncmp(rel, SHARED_PROBE_DIR, n) == 0 && (rel[n] == '\0' || rel[n] == '/');
 }
 
 void ns_counts(struct ns *ns, uint64_t *nodes, uint64_t *files, uint64_t *bytes)
@@ -607,14 +628,15 @@ static int host_cmp(const struct ns *ns, int a, int b)
 /*
  * Shows the winning version of @f (INTERFACE.md: greatest mtime_ns, ties to the smallest host
  * name); among the hosts holding those very bytes this node is preferred, so data that is here
- * is read from here. Returns true when what the kernel may have cached changed. The caller
- * keeps ns->n_bytes in step (it counts the size shown).
+ * is read from here (unless its category is NS_CAT_UNREADABLE). Returns true when what the
+ * kernel may have cached changed. The caller keeps ns->n_bytes in step (it counts the size
+ * shown).
  */
 static bool node_pick(struct ns *ns, struct ns_node *f)
 {
 	size_t n = node_nvers(f), best = 0;
 	struct ns_version w;
-	bool changed;
+	bool changed, prefer_self;
 
 	if (n == 0)
 		return false;
@@ -626,10 +648,16 @@ static bool node_pick(struct ns *ns, struct ns_node *f)
 			best = i;
 	}
 	w = ns_node_ver(f, best);
+	/* Where this node's copy cannot be read (shared storage missing or hung here), another
+	 * holder of the same bytes is shown instead, so a read fetches it. */
+	prefer_self = ns_cat_mode_of(ns, f->cat) != NS_CAT_UNREADABLE;
 	for (size_t i = 0; i < n; i++) {
 		struct ns_version v = ns_node_ver(f, i);
 
-		if (v.host == ns->self_host && hash_equal(&v.hash, &w.hash))
+		if (!hash_equal(&v.hash, &w.hash))
+			continue;
+		if (prefer_self ? v.host == ns->self_host
+				: w.host == ns->self_host && v.host != ns->self_host)
 			w = v;
 	}
 	changed = !hash_equal(&f->hash, &w.hash) || f->host != w.host || f->size != w.size ||
@@ -859,6 +887,8 @@ int ns_put_version(struct ns *ns, size_t host_idx, size_t cat_idx, const struct 
 	if (cat_idx >= ns->cfg->n_categories || host_idx >= ns->cfg->n_hosts ||
 	    !path_is_clean_relative(e->path))
 		return -EINVAL;
+	if (ns_path_hidden(e->path))
+		return 0; /* a shared-storage probe file (sync/shared.h): never shown */
 	pthread_rwlock_wrlock(&ns->lock);
 	ret = put_version_locked(ns, cat_idx, (int)host_idx, e, &iv);
 	pthread_rwlock_unlock(&ns->lock);
@@ -1025,12 +1055,69 @@ void ns_remove_host(struct ns *ns, size_t host_idx)
 	free(files);
 }
 
+/* Re-picks the shown version of every file of category @cat held by several hosts; the ones
+ * the kernel knows and that changed go into *@invs (best effort: on ENOMEM the kernel keeps
+ * its copy until its timeout). Lock held for writing. */
+static void repick_category(struct ns *ns, int cat, uint64_t **invs, size_t *n_invs)
+{
+	size_t cap = 0;
+
+	for (size_t b = 0; b <= ns->by_ino.mask; b++) {
+		for (struct ns_node *f = ns->by_ino.buckets[b]; f; f = f->ino_next) {
+			uint64_t old_size = f->size;
+
+			if (f->kind != NK_FILE || f->area != NA_UNION || f->cat != cat ||
+			    !(f->flags & NF_ATTACHED) || !(f->flags & NF_PUBLISHED) || !f->vers)
+				continue;
+			if (!node_pick(ns, f))
+				continue;
+			ns->n_bytes += f->size - old_size;
+			if (f->nlookup == 0)
+				continue;
+			if (*n_invs == cap) {
+				size_t c = cap ? cap * 2 : 64;
+				uint64_t *bigger = realloc(*invs, c * sizeof(**invs));
+
+				if (!bigger)
+					continue;
+				*invs = bigger;
+				cap = c;
+			}
+			(*invs)[(*n_invs)++] = f->ino;
+		}
+	}
+}
+
+void ns_set_category_mode(struct ns *ns, size_t cat_idx, enum ns_cat_mode mode)
+{
+	uint64_t *invs = NULL;
+	size_t n_invs = 0;
+	enum ns_cat_mode old;
+
+	if (cat_idx >= ns->cfg->n_categories)
+		return;
+	pthread_rwlock_wrlock(&ns->lock);
+	old = ns_cat_mode_of(ns, (int)cat_idx);
+	__atomic_store_n(&ns->cat_mode[cat_idx], (uint8_t)mode, __ATOMIC_RELAXED);
+	if ((old == NS_CAT_UNREADABLE) != (mode == NS_CAT_UNREADABLE))
+		repick_category(ns, (int)cat_idx, &invs, &n_invs);
+	pthread_rwlock_unlock(&ns->lock);
+	for (size_t i = 0; i < n_invs; i++) {
+		struct ns_inval iv = { .valid = true, .ino = invs[i] };
+
+		inval_deliver(ns, &iv);
+	}
+	free(invs);
+}
+
 int ns_put_dir(struct ns *ns, size_t cat_idx, const char *path)
 {
 	int err = 0;
 
 	if (cat_idx >= ns->cfg->n_categories || (*path && !path_is_clean_relative(path)))
 		return -EINVAL;
+	if (ns_path_hidden(path))
+		return 0;
 	pthread_rwlock_wrlock(&ns->lock);
 	union_dir(ns, cat_idx, path, &err);
 	pthread_rwlock_unlock(&ns->lock);
@@ -1046,6 +1133,8 @@ int ns_put_symlink(struct ns *ns, size_t cat_idx, const char *path)
 
 	if (cat_idx >= ns->cfg->n_categories || !path_is_clean_relative(path))
 		return -EINVAL;
+	if (ns_path_hidden(path))
+		return 0;
 	base = split_path(path, dir, sizeof(dir));
 	if (!base || !*base)
 		return -EINVAL;
@@ -1096,6 +1185,8 @@ static int load_one(void *arg, const struct cat_entry *e)
 	/* This node's replicas of other hosts' files are not files of its data dirs: those
 	 * versions come from their producers' entries (catalog_replicas.c). */
 	if (h && h == lc->ns->cfg->self && e->origin && strcmp(e->origin, e->host) != 0)
+		return 0;
+	if (e->path && ns_path_hidden(e->path))
 		return 0;
 	if (cat < 0 || !h || !path_is_clean_relative(e->path) ||
 	    put_version_locked(lc->ns, (size_t)cat, (int)(h - lc->ns->cfg->hosts), e, &iv) < 0)

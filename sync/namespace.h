@@ -16,6 +16,9 @@
  * /.hosts/<host>/... nodes are made on lookup and freed on forget, so the union tree is the
  * only per-file cost (see docs/architecture.md for the memory budget).
  *
+ * The shared-storage probe dir (SHARED_PROBE_DIR, sync/shared.h) at a category root is never
+ * shown, from any source, and cannot be made through the mount.
+ *
  * Locking: ns->lock (a rwlock) protects the tables and every node field; it is never held
  * across a catalog call, a hook or an invalidation callback. Calls below take and release it
  * themselves; none returns with it held.
@@ -109,7 +112,8 @@ struct ns_info {
 /*
  * Builds an empty namespace for @cfg (this node = cfg->self). @hooks may be NULL. Each
  * category's backing directory is config_category_dir(cfg, cfg->self, i); categories under a
- * shared_storage path are passthrough. Returns 0 or -errno.
+ * shared_storage path start passthrough (sync/shared.c then sets what the probe found).
+ * Returns 0 or -errno.
  */
 int ns_create(const struct mfs_config *cfg, const struct ns_hooks *hooks, void *hook_arg,
 	      struct ns **out);
@@ -149,7 +153,29 @@ void ns_counts(struct ns *ns, uint64_t *nodes, uint64_t *files, uint64_t *bytes)
 
 /* The backing directory of category @cat_idx on this node (owned by ns). */
 const char *ns_category_dir(struct ns *ns, size_t cat_idx);
+/* Whether category @cat_idx is served as passthrough now (mode NS_CAT_PASSTHROUGH). No lock. */
 bool ns_category_passthrough(struct ns *ns, size_t cat_idx);
+
+/*
+ * How this node serves a category. A category on shared storage is passthrough while the
+ * storage is healthy (sync/shared.c), else one of the other two; any other category is local.
+ */
+enum ns_cat_mode {
+	NS_CAT_LOCAL,		/* this node's data dir: a normal category, synced */
+	NS_CAT_PASSTHROUGH,	/* healthy shared storage: straight through */
+	/* Shared storage that cannot be read here (missing, hung): a normal category where,
+	 * for a version that other hosts hold too, their copy is shown (fetched on read). */
+	NS_CAT_UNREADABLE,
+};
+
+/*
+ * Sets the mode of category @cat_idx. Going into or out of NS_CAT_UNREADABLE re-picks the
+ * shown version of every file of the category held by several hosts (one walk of the tree
+ * under the write lock) and invalidates what the kernel holds of those that changed. Takes
+ * and drops ns->lock; hooks run after.
+ */
+void ns_set_category_mode(struct ns *ns, size_t cat_idx, enum ns_cat_mode mode);
+enum ns_cat_mode ns_category_mode(struct ns *ns, size_t cat_idx);
 
 /* ---- requests (each returns 0 or -errno) ---- */
 

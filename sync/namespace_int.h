@@ -111,7 +111,10 @@ struct ns {
 	void *hook_arg;
 	int self_host;
 	char *cat_dirs[CFG_MAX_CATEGORIES];
-	bool cat_passthrough[CFG_MAX_CATEGORIES];
+	bool cat_shared[CFG_MAX_CATEGORIES];	/* under a shared_storage path (config) */
+	/* enum ns_cat_mode; written under lock (for writing), read with __atomic loads, so
+	 * ns_category_passthrough() needs no lock. */
+	uint8_t cat_mode[CFG_MAX_CATEGORIES];
 	int64_t created_ns;
 
 	pthread_rwlock_t lock;
@@ -167,5 +170,12 @@ bool ns_node_host_version(const struct ns_node *f, int host, struct ns_version *
 uint64_t ns_node_sources(const struct ns_node *f, const struct hash128 *hash);
 /* Whether @f is served from this node's own data dir. */
 bool ns_node_is_local(const struct ns *ns, const struct ns_node *f);
+
+/* ---- shared storage ---- */
+
+/* The mode of category @cat (enum ns_cat_mode; NS_CAT_LOCAL for cat < 0). */
+enum ns_cat_mode ns_cat_mode_of(const struct ns *ns, int cat);
+/* True for a path (relative to a category) at or under SHARED_PROBE_DIR: never shown. */
+bool ns_path_hidden(const char *rel);
 
 #endif

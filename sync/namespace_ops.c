@@ -181,7 +181,7 @@ int ns_info(struct ns *ns, uint64_t ino, struct ns_info *info)
 	info->is_root = n == ns->root;
 	info->read_only = node_read_only(ns, n);
 	info->cat_idx = n->cat;
-	if (n->cat >= 0 && ns->cat_passthrough[n->cat])
+	if (ns_cat_mode_of(ns, n->cat) == NS_CAT_PASSTHROUGH)
 		info->state = NS_STATE_PASSTHROUGH;
 	else
 		info->state = NS_STATE_LOCAL;
@@ -497,7 +497,9 @@ void ns_release(struct ns *ns, uint64_t ino, bool writable, bool wrote)
 
 /*
  * Resolves @parent for a change: it must be a writable union directory. Copies the backing
- * path of @name under it into @path. Takes and drops the lock.
+ * path of @name under it into @path. Takes and drops the lock. The probe dir of shared
+ * storage is reserved (-EPERM), and the missing dir of a category on shared storage is never
+ * made here (-EROFS): it would be a local dir where the shared mount belongs.
  */
 static int prepare_change(struct ns *ns, uint64_t parent, const char *name, char *path,
 			  size_t size, int *cat)
@@ -519,6 +521,8 @@ static int prepare_change(struct ns *ns, uint64_t parent, const char *name, char
 		ret = -EROFS;
 	else
 		ret = ns_child_backing(ns, p, name, path, size);
+	if (ret == 0 && p->cat >= 0 && p == ns->cat_roots[p->cat] && ns_path_hidden(name))
+		ret = -EPERM;
 	if (ret == 0) {
 		struct ns_node *c = ns_child_find(ns, p, name);
 
@@ -535,8 +539,12 @@ static int prepare_change(struct ns *ns, uint64_t parent, const char *name, char
 		struct stat st;
 
 		*slash = '\0';
-		if (lstat(path, &st) < 0 && errno == ENOENT)
-			ret = mkdir_p(path, 0755);
+		if (lstat(path, &st) < 0 && errno == ENOENT) {
+			if (ns->cat_shared[*cat] && stat(ns->cat_dirs[*cat], &st) < 0)
+				ret = -EROFS;
+			else
+				ret = mkdir_p(path, 0755);
+		}
 		*slash = '/';
 	}
 	return ret;

@@ -90,7 +90,7 @@
 #define PULL_MAX_PATH 4096
 #define PULL_MAX_ORIGIN 255
 #define PULL_MAX_SIZE ((json_int_t)1 << 50)
-#define PULL_WARN_BAD 10		/* bad entries logged as warnings per pull; the rest at debug */
+#define PULL_WARN_BAD 10 /* bad entries logged as warnings per pull; the rest at debug */
 
 struct peer {
 	size_t host_idx;		/* into cfg->hosts */
@@ -117,7 +117,7 @@ struct pull {
 	/* what the stream said */
 	bool header_seen, trailer_seen, reset;
 	int64_t header_seq;
-	int64_t last_seq;		/* the last entry seq consumed (applied or skipped as bad) */
+	int64_t last_seq; /* the last entry seq consumed (applied or skipped as bad) */
 	size_t lines;			/* entry lines, good or bad */
 	size_t applied, bad, after_trailer;
 	/* the batch waiting for catalog_apply_remote; strings owned */
@@ -127,7 +127,7 @@ struct pull {
 	/* the first failure, which ends the pull */
 	int err;			/* 0 or -errno */
 	char errmsg[256];
-	bool lost;			/* entries consumed but not kept: the position must not move */
+	bool lost; /* entries consumed but not kept: the position must not move */
 };
 
 struct peers {
@@ -388,7 +388,8 @@ static void batch_flush(struct pull *pl, int64_t pos)
 
 		if (e->deleted) {
 			if (p->ops.remote_delete)
-				p->ops.remote_delete(p->arg, pe->host_idx, pl->batch_cat[i], e->path);
+				p->ops.remote_delete(p->arg, pe->host_idx, pl->batch_cat[i],
+						     e->path);
 		} else if (p->ops.remote_put) {
 			e->confirmed_at = seen;
 			p->ops.remote_put(p->arg, pe->host_idx, pl->batch_cat[i], e);
@@ -827,9 +828,10 @@ static int pull_manifest(struct peers *p, struct peer *pe, int64_t since, char *
 		log_msg(LOG_DEBUG, "peer %s: %zu lines after the trailer ignored", pe->name,
 			pl->after_trailer);
 	if (pl->applied || pl->bad)
-		log_msg(pl->bad ? LOG_WARNING : LOG_DEBUG,
-			"peer %s: applied %zu manifest entries, skipped %zu bad ones, position %lld",
-			pe->name, pl->applied, pl->bad, (long long)(ret == 0 ? pos : pl->last_seq));
+		log_msg(
+		    pl->bad ? LOG_WARNING : LOG_DEBUG,
+		    "peer %s: applied %zu manifest entries, skipped %zu bad ones, position %lld",
+		    pe->name, pl->applied, pl->bad, (long long)(ret == 0 ? pos : pl->last_seq));
 out:
 	return ret;
 }
@@ -1153,7 +1155,8 @@ int peers_start(const struct mfs_config *cfg, struct catalog *cat, const struct 
 	if (ops)
 		p->ops = *ops;
 	p->arg = arg;
-	p->interval_ns = (int64_t)(interval_ms ? interval_ms : PEER_DEFAULT_INTERVAL_MS) * NS_PER_MS;
+	p->interval_ns =
+	    (int64_t)(interval_ms ? interval_ms : PEER_DEFAULT_INTERVAL_MS) * NS_PER_MS;
 	p->pull.p = p;
 	p->pull.line = malloc(PULL_MAX_LINE);
 	p->pull.batch = calloc(PULL_BATCH, sizeof(*p->pull.batch));
@@ -1221,7 +1224,8 @@ void peers_notify(struct peers *p, const char *host)
 			if (!circuit_expedite(pe->http, now)) {
 				early = true;
 				pe->due = due_after(p, pe, now, pe->due);
-				pthread_cond_signal(&p->wake); /* it may be sooner than the thread thinks */
+				pthread_cond_signal(
+				    &p->wake); /* it may be sooner than the thread thinks */
 				continue;
 			}
 		}

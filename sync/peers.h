@@ -60,7 +60,7 @@ struct peer_status {
 	int64_t probe_in_ms;		/* circuit open: ms until the next probe may go; else 0 */
 	int64_t last_seen;		/* unix seconds of the last successful request; 0 = never */
 	int64_t last_seq;		/* position in its manifest */
-	uint64_t errors;		/* failed requests since start (pulls, announcements, fetches) */
+	uint64_t errors; /* failed requests since start (pulls, announcements, fetches) */
 	uint32_t consecutive_failures;	/* manifest pulls that failed in a row */
 	double throughput_bps;		/* bytes/s measured by fetches; 0 = unknown */
 	char last_error[256];

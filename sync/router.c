@@ -7,6 +7,8 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "sync/shared.h"
+
 bool router_publishes_models(const char *role)
 {
 	return role && (strstr(role, "training_primary") || strcmp(role, "coordinator") == 0);
@@ -51,8 +53,7 @@ bool router_excluded(const struct mfs_config *cfg, const char *host)
 	return false;
 }
 
-/* Whether @a and @b see @origin's directory of category @cat_idx on storage they share. */
-static bool share_storage(const struct mfs_config *cfg, const struct cfg_host *a,
+bool router_config_shares(const struct mfs_config *cfg, const struct cfg_host *a,
 			  const struct cfg_host *b, size_t cat_idx)
 {
 	char *dir = config_category_dir(cfg, b, cat_idx);
@@ -60,6 +61,24 @@ static bool share_storage(const struct mfs_config *cfg, const struct cfg_host *a
 
 	free(dir);
 	return shared;
+}
+
+/*
+ * Whether @a and @b see @b's directory of category @cat_idx on storage they share: the config
+ * says so and, when this node is one of them, its probe of that storage agrees (it is healthy
+ * here and the other one's probe is not missing while it is up; sync/shared.h). A pair this
+ * node is not part of is judged by the config alone: only they can look.
+ */
+static bool share_storage(const struct mfs_config *cfg, const struct cfg_host *a,
+			  const struct cfg_host *b, size_t cat_idx)
+{
+	if (!router_config_shares(cfg, a, b, cat_idx))
+		return false;
+	if (a == cfg->self)
+		return shared_pair_ok(cfg, b, cat_idx);
+	if (b == cfg->self)
+		return shared_pair_ok(cfg, a, cat_idx);
+	return true;
 }
 
 bool router_can_receive(const struct mfs_config *cfg, const struct cfg_host *host,

@@ -40,9 +40,16 @@ bool router_excluded(const struct mfs_config *cfg, const char *host);
 /*
  * Whether @host may hold replicas of @origin's files of category @cat_idx: active, not
  * excluded, not ephemeral, not @origin, and not sharing that category's storage with @origin.
+ * When this node is @host or @origin, "sharing" also needs its probe of that storage to agree
+ * (sync/shared.h): an unhealthy shared storage here is synced like any other.
  */
 bool router_can_receive(const struct mfs_config *cfg, const struct cfg_host *host,
 			const struct cfg_host *origin, size_t cat_idx);
+
+/* Whether the config says @a and @b see @b's directory of category @cat_idx on storage they
+ * share (a shared_storage path of each holds it). The config alone; no probe. */
+bool router_config_shares(const struct mfs_config *cfg, const struct cfg_host *a,
+			  const struct cfg_host *b, size_t cat_idx);
 
 /*
  * The hosts that should hold replicas of version @hash of (@cat_idx, @path) produced by

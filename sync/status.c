@@ -17,7 +17,12 @@
  *     "down", whatever its last pull said: nothing is asked of it until a probe succeeds;
  *   - this node's unreplicated bytes are AutoSync's count from its last pass (own files
  *     with fewer copies on other hosts than replication_target, sync/autosync.h); before the
- *     first pass every own byte counts, whenever replication_target > 0.
+ *     first pass every own byte counts, whenever replication_target > 0;
+ *   - the report's recent failures: files whose last fetch failed, from the last_error
+ *     records of the cache (catalog table `local`; a fetch that completes clears its file's
+ *     record), at most STATUS_MAX_FAILURES, in path order, only files the namespace still
+ *     shows as another host's version. The walk of `local` is one catalog call; the records
+ *     carry no time, so "recent" means "not cleared by a success since".
  */
 #include "sync/status.h"
 
@@ -32,14 +37,19 @@
 #include "sync/config.h"
 #include "sync/cache.h"
 #include "sync/daemon.h"
+#include "sync/fetch.h"
 #include "sync/indexer.h"
 #include "sync/log.h"
+#include "sync/namespace.h"
 #include "sync/peers.h"
 #include "sync/router.h"
+#include "sync/shared.h"
 #include "sync/util.h"
 
 #define STALE_LAG_S (30 * 60)
 #define CRITICAL_LAG_S (60 * 60)
+#define STATUS_MAX_FAILURES 10		/* listed in recent_failures */
+#define STATUS_FAILURE_CANDIDATES 64	/* error records kept from the walk, before filtering */
 
 /* What is known about one configured host at the time of the snapshot. */
 struct host_view {
@@ -69,6 +79,9 @@ struct snap {
 	struct indexer_stats ix;
 	struct host_view *hosts;	/* cfg->n_hosts entries, in config order */
 	struct host_view *self;
+	struct shared_view *shared;	/* this node's shared storage (sync/shared.h) */
+	size_t n_shared;
+	size_t n_shared_bad;		/* unhealthy ones: this node is then "degraded" */
 };
 
 /*
@@ -172,7 +185,8 @@ static int host_views(struct snap *s, bool peer_totals)
 			if (s->d->peers)
 				peers_status(s->d->peers, i, &ps);
 			v->reached = ps.last_seen > 0;
-			v->last_seen_s = v->reached && s->now > ps.last_seen ? s->now - ps.last_seen : 0;
+			v->last_seen_s =
+			    v->reached && s->now > ps.last_seen ? s->now - ps.last_seen : 0;
 			v->lag_s = v->last_seen_s;
 			v->errors = ps.errors;
 			v->circuit = circuit_state_name(ps.circuit);
@@ -215,20 +229,40 @@ out:
 	return ret;
 }
 
+/* This node's shared storage as its probe last found it; an unhealthy one makes this node
+ * "degraded" (its data there is synced, not passed through). */
+static int shared_views(struct snap *s)
+{
+	int ret = shared_list(s->cfg, &s->shared, &s->n_shared);
+
+	for (size_t i = 0; ret == 0 && i < s->n_shared; i++)
+		if (!s->shared[i].healthy)
+			s->n_shared_bad++;
+	if (s->n_shared_bad && s->self)
+		s->self->state = "degraded";
+	return ret;
+}
+
 static int take_snap(struct daemon *d, bool peer_totals, struct snap *s)
 {
+	int ret;
+
 	memset(s, 0, sizeof(*s));
 	s->d = d;
 	s->cfg = d->cfg;
 	s->now = now_s();
 	if (d->indexer)
 		indexer_get_stats(d->indexer, &s->ix);
-	return host_views(s, peer_totals);
+	ret = host_views(s, peer_totals);
+	if (ret == 0)
+		ret = shared_views(s);
+	return ret;
 }
 
 static void free_snap(struct snap *s)
 {
 	free(s->hosts);
+	free(s->shared);
 }
 
 /* Seconds since the oldest confirmation among the reached active hosts (and this node). */
@@ -251,6 +285,7 @@ static int64_t snap_lag(const struct snap *s)
  *   freshness     - 10 per stale host, 20 per critical host, at most 30 together
  *   local errors  - 10 when the indexer could not read some of this node's files
  *   durability    - 20 x (unreplicated own bytes) / (own bytes)
+ *   shared storage - 10 when a shared storage of this node is unhealthy
  * rounded to the nearest integer. Inactive hosts (terminated, offline, ...) do not count.
  */
 static int health_score(const struct snap *s)
@@ -279,6 +314,8 @@ static int health_score(const struct snap *s)
 		score -= 10;
 	if (s->self && s->self->bytes > 0)
 		score -= 20.0 * (double)s->self->unreplicated / (double)s->self->bytes;
+	if (s->n_shared_bad)
+		score -= 10;
 	if (score < 0)
 		score = 0;
 	return (int)(score + 0.5);
@@ -343,8 +380,47 @@ static json_t *host_report_json(const struct host_view *v)
 }
 
 /*
- * The user.meshfs.health object (INTERFACE.md) plus "indexer" and, per host, "active".
- * Returns new JSON, or NULL when memory runs out.
+ * Adds to @out (health or report) "shared_storage": [{"category", "path", "state" healthy /
+ * unhealthy, "detail", "mode" passthrough / synced, "checked_s"}], and to this node's entry
+ * of "hosts", when a shared storage is unhealthy, "reason". 0 or -ENOMEM.
+ */
+static int add_shared_json(const struct snap *s, json_t *out)
+{
+	json_t *arr = json_array(), *self_json;
+	char reason[1024] = "";
+	size_t len = 0;
+
+	if (!arr || json_object_set_new(out, "shared_storage", arr) < 0)
+		return -ENOMEM;
+	for (size_t i = 0; i < s->n_shared; i++) {
+		const struct shared_view *v = &s->shared[i];
+		const char *cat = s->cfg->categories[v->cat_idx].name;
+
+		if (json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:I}",
+				"category", cat,
+				"path", v->path,
+				"state", v->healthy ? "healthy" : "unhealthy",
+				"detail", v->detail,
+				"mode", v->healthy ? "passthrough" : "synced",
+				"checked_s", (json_int_t)v->checked_s)) < 0)
+			return -ENOMEM;
+		if (!v->healthy && len < sizeof(reason))
+			len += (size_t)snprintf(reason + len, sizeof(reason) - len,
+						"%sshared storage of %s unhealthy: %s",
+						len ? "; " : "", cat, v->detail);
+	}
+	self_json = json_array_get(json_object_get(out, "hosts"),
+				   (size_t)(s->cfg->self - s->cfg->hosts));
+	if (reason[0] && self_json &&
+	    json_object_set_new(self_json, "reason", json_string(reason)) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/*
+ * The user.meshfs.health object (INTERFACE.md) plus "indexer", "shared_storage" and, per
+ * host, "active" (and "reason" for this node when degraded). Returns new JSON, or NULL when
+ * memory runs out.
  */
 json_t *status_health(struct daemon *d)
 {
@@ -367,9 +443,13 @@ json_t *status_health(struct daemon *d)
 			"strategy", effective_strategy(cfg),
 			"hosts", hosts,
 			"cache", cache_json(&s),
-			"queue", (json_int_t)0,
+			"queue", (json_int_t)fetch_queue_len(s.d->fetch),
 			"unreplicated_bytes", (json_int_t)(s.self ? s.self->unreplicated : 0),
 			"indexer", indexer_json(&s));
+	if (out && add_shared_json(&s, out) < 0) {
+		json_decref(out);
+		out = NULL;
+	}
 out:
 	json_decref(hosts);
 	free_snap(&s);
@@ -419,9 +499,98 @@ out:
 	return ret;
 }
 
+/* The error records collected by failure_row (catalog lock held: copies only). */
+struct failure_walk {
+	const struct mfs_config *cfg;
+	size_t n;
+	struct {
+		int cat;
+		char *path;
+		char *error;
+	} rows[STATUS_FAILURE_CANDIDATES];
+};
+
+static int failure_row(void *arg, const struct cat_local *l)
+{
+	struct failure_walk *w = arg;
+	int cat;
+
+	if (!l->last_error || !*l->last_error || !l->path || !*l->path)
+		return 0;
+	cat = config_category_index(w->cfg, l->category);
+	if (cat < 0)
+		return 0;
+	w->rows[w->n].path = strdup(l->path);
+	w->rows[w->n].error = strdup(l->last_error);
+	if (!w->rows[w->n].path || !w->rows[w->n].error) {
+		free(w->rows[w->n].path);
+		free(w->rows[w->n].error);
+		return -ENOMEM;
+	}
+	w->rows[w->n].cat = cat;
+	return ++w->n == STATUS_FAILURE_CANDIDATES ? 1 : 0;
+}
+
 /*
- * The `meshfs status --json` object (INTERFACE.md), plus "uptime_s", "indexer" and, per
- * host, "active" and "next_probe_s". Returns new JSON, or NULL when memory runs out.
+ * "recent_failures": [{"path": "<category>/<path>", "error"}] of files whose last fetch
+ * failed (see the header). A record of a file that is gone, or whose shown version is now
+ * this node's own, is left out. Returns new JSON (an empty array when there is no cache or
+ * the walk fails), or NULL when memory runs out.
+ */
+static json_t *failures_json(const struct snap *s)
+{
+	struct failure_walk *w;
+	json_t *arr = json_array();
+	size_t self_idx = (size_t)(s->cfg->self - s->cfg->hosts);
+	int ret;
+
+	if (!arr || !s->d->catalog || !s->d->ns)
+		return arr;
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		json_decref(arr);
+		return NULL;
+	}
+	w->cfg = s->cfg;
+	ret = catalog_local_foreach(s->d->catalog, failure_row, w);
+	if (ret < 0)
+		log_msg(LOG_WARNING, "status: recent failures: %s", strerror(-ret));
+	for (size_t i = 0; i < w->n; i++) {
+		struct ns_found found;
+		char *path = NULL;
+		json_t *rec;
+
+		if (!arr || json_array_size(arr) >= STATUS_MAX_FAILURES)
+			break;
+		if (ns_find_file(s->d->ns, (size_t)w->rows[i].cat, w->rows[i].path, &found, NULL,
+				 NULL) < 0 || found.host < 0 || (size_t)found.host == self_idx)
+			continue;
+		if (asprintf(&path, "%s/%s", s->cfg->categories[w->rows[i].cat].name,
+			     w->rows[i].path) < 0) {
+			json_decref(arr);
+			arr = NULL;
+			break;
+		}
+		rec = json_pack("{s:s,s:s}", "path", path, "error", w->rows[i].error);
+		free(path);
+		if (json_array_append_new(arr, rec) < 0) {
+			json_decref(arr);
+			arr = NULL;
+		}
+	}
+	for (size_t i = 0; i < w->n; i++) {
+		free(w->rows[i].path);
+		free(w->rows[i].error);
+	}
+	free(w);
+	return arr;
+}
+
+/*
+ * The `meshfs status --json` object (INTERFACE.md), plus "uptime_s", "indexer",
+ * "recent_failures", "shared_storage" and, per host, "active" and "next_probe_s" (and
+ * "reason" for this node when degraded). Returns new JSON, or NULL
+ * when memory runs out.
  */
 json_t *status_report(struct daemon *d)
 {
@@ -443,7 +612,7 @@ json_t *status_report(struct daemon *d)
 	}
 	if (add_recommendations(&s, stale, critical, recs) < 0)
 		goto out;
-	out = json_pack("{s:s,s:s,s:i,s:O,s:O,s:O,s:O,s:o,s:I,s:I,s:o}",
+	out = json_pack("{s:s,s:s,s:i,s:O,s:O,s:O,s:O,s:o,s:I,s:I,s:o,s:o}",
 			"node", cfg->node,
 			"strategy", effective_strategy(cfg),
 			"health_score", health_score(&s),
@@ -452,9 +621,14 @@ json_t *status_report(struct daemon *d)
 			"critical_hosts", critical,
 			"recommendations", recs,
 			"cache", cache_json(&s),
-			"queue", (json_int_t)0,
+			"queue", (json_int_t)fetch_queue_len(s.d->fetch),
 			"uptime_s", (json_int_t)uptime(&s),
-			"indexer", indexer_json(&s));
+			"indexer", indexer_json(&s),
+			"recent_failures", failures_json(&s));
+	if (out && add_shared_json(&s, out) < 0) {
+		json_decref(out);
+		out = NULL;
+	}
 out:
 	json_decref(recs);
 	json_decref(critical);
@@ -550,6 +724,8 @@ void status_print_human(json_t *report, FILE *out)
 	const char *node = jstr(report, "node");
 	json_t *hosts = json_object_get(report, "hosts");
 	json_t *recs = json_object_get(report, "recommendations");
+	json_t *fails = json_object_get(report, "recent_failures");
+	json_t *shared = json_object_get(report, "shared_storage");
 	json_t *cache = json_object_get(report, "cache");
 	json_t *ix = json_object_get(report, "indexer");
 	char used[32], max[32];
@@ -594,6 +770,13 @@ void status_print_human(json_t *report, FILE *out)
 			json_is_false(active) ? "  (inactive)" : "", probe);
 	}
 	fprintf(out, "(* this node; LAG = time since the host's data was last confirmed)\n\n");
+	if (json_array_size(shared) > 0) {
+		fprintf(out, "shared storage:\n");
+		json_array_foreach(shared, i, h)
+		    fprintf(out, "  %s  %s  %s (%s): %s\n", jstr(h, "category"), jstr(h, "path"),
+			    jstr(h, "state"), jstr(h, "mode"), jstr(h, "detail"));
+		fputc('\n', out);
+	}
 
 	print_names(out, "stale hosts", json_object_get(report, "stale_hosts"));
 	print_names(out, "critical hosts", json_object_get(report, "critical_hosts"));
@@ -604,6 +787,12 @@ void status_print_human(json_t *report, FILE *out)
 	json_array_foreach(recs, i, h)
 		fprintf(out, "  %-*s  %-8s  priority %s\n", width, jstr(h, "host"),
 			jstr(h, "action"), jstr(h, "priority"));
+	fprintf(out, "recent failures:");
+	if (json_array_size(fails) == 0)
+		fprintf(out, " none");
+	fputc('\n', out);
+	json_array_foreach(fails, i, h)
+		fprintf(out, "  %s: %s\n", jstr(h, "path"), jstr(h, "error"));
 
 	if (jint(ix, "unreadable"))
 		fprintf(out, "unreadable files here: %" PRIu64 " (latest: %s)\n",

@@ -1,21 +1,29 @@
 """End-to-end tests of AutoSync (sync/autosync.c, sync/router.c): replicas of an ephemeral
-node's data, the shutdown flush, broadcast of new models, and what a role fetches ahead.
+node's data, the shutdown flush, broadcast of new models, and what a role fetches ahead; a
+source that accepts connections and never answers (cut off by the fetcher's stall watchdog);
+and what `meshfs status --json` reports about strategies, unreplicated data, critical hosts,
+lag, circuits, recommendations and recent fetch failures.
 
 Every node runs on its own loopback address with its own dirs (see meshfs_harness). Nobody
-reads the files these tests check: what arrives, arrives because AutoSync fetched it.
+reads the files the AutoSync tests check: what arrives, arrives because AutoSync fetched it.
+The stalled-source test puts a proxy (test_cluster.HttpProxy, made to hold file requests
+unanswered) between the reader and one source; it is closed and joined at the end.
 """
 
+import errno
 import json
 import os
 import re
 import signal
 import time
 import urllib.request
+from urllib.parse import urlsplit
 
 import pytest
 
 import meshfs_harness as h
 from meshfs_harness import wait_until
+from test_cluster import HttpProxy, read_in_child, sha256
 
 MiB = 1 << 20
 P = "user.meshfs."
@@ -185,3 +193,204 @@ def test_auto_sync_disabled_fetches_nothing_ahead(make_cluster):
     wait_state(tr, "training/batch_0002.npz", "remote")
     time.sleep(3 * h.SLOW)      # passes would have run: still nothing fetched
     assert state_of(tr.path("training/batch_0002.npz")) == "remote"
+
+
+# --- a source that accepts and never answers ------------------------------------------------------
+
+class StallingProxy(HttpProxy):
+    """HttpProxy that, while @stall is set, takes every GET /v1/files request (reads it) and
+    then sends nothing at all until the proxy is closed: a source that accepts connections
+    and never answers. Manifests and chunk lists still pass, so the host stays "up" and a
+    source. Counts the requests it held in `stalled`."""
+
+    def __init__(self, address, upstream, **kwargs):
+        self.stall = True
+        self.stalled = 0
+        super().__init__(address, upstream, **kwargs)
+
+    def handle(self, hd):
+        if self.stall and hd.command == "GET" and \
+                urlsplit(hd.path).path.startswith("/v1/files/"):
+            self._add("stalled")
+            hd.close_connection = True
+            self.stopping.wait()        # until close(): the client must give up on its own
+            return
+        super().handle(hd)
+
+
+@pytest.fixture
+def stalling_proxies():
+    """Factory for StallingProxy; all are closed and joined at teardown. Ask for it before
+    make_cluster, so that they outlive the nodes."""
+    made = []
+
+    def make(address, upstream, **kwargs):
+        p = StallingProxy(address, upstream, **kwargs)
+        made.append(p)
+        return p
+
+    yield make
+    problems = [p for p in (s.close() for s in reversed(made)) if p]
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def status_failures(node):
+    return {f["path"]: f["error"] for f in node.status_json()["recent_failures"]}
+
+
+STALL_WORDS = re.compile(r"too slow|stall|timed? ?out|no data within", re.I)
+
+
+@pytest.mark.meshfs_timeout(180)
+def test_a_stalled_source_is_cut_off_and_the_read_completes_from_another(stalling_proxies,
+                                                                          make_cluster):
+    """a and c hold the same file; b reaches a through a proxy that accepts every file
+    request and never answers (while a's manifests keep flowing, so a stays a source). A
+    read on b returns the right bytes, from c, within a bound: the stalled transfers are cut
+    off after a few seconds. A file that only a holds fails with EIO within
+    read_deadline_seconds (+ slack), and user.meshfs.last_error and the status's
+    recent_failures say why; once a answers again, it reads and the failure is cleared."""
+    deadline = 5
+    cluster = make_cluster(["a", "b", "c"], start=False,
+                           nodes={"b": {"config": {
+                               "auto_sync": {"read_deadline_seconds": deadline,
+                                             "circuit_recovery_seconds": 2}}}})
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    proxy = stalling_proxies(a.address.rsplit(".", 1)[0] + ".100", a)
+    b.config_extra = h.deep_merge(b.config_extra, {"hosts": {"a": proxy.host_entry()}})
+    mtime = time.time_ns() - 3600 * 10**9
+    both = h.random_bytes(6 * 4 * MiB + 321, seed="stall-both")
+    only_a = h.random_bytes(5 * MiB + 7, seed="stall-only-a")
+    h.write_file(a.local("models", "both.pth"), both, mtime_ns=mtime)
+    h.write_file(c.local("models", "both.pth"), both, mtime_ns=mtime)
+    h.write_file(a.local("models", "only_a.pth"), only_a, mtime_ns=mtime)
+    cluster.start()
+    both_path, only_path = b.path("models/both.pth"), b.path("models/only_a.pth")
+    wait_until(lambda: sources_of(both_path) == {"a", "c"}, WITHIN,
+               message="b: both.pth held by a and c")
+    wait_until(lambda: sources_of(only_path) == {"a"}, WITHIN,
+               message="b: only_a.pth held by a")
+
+    # Two sources, one stalled: the read completes with the right bytes, from c.
+    out = read_in_child(both_path, 0, len(both), 60)
+    assert out["errno"] == 0, out
+    assert out["len"] == len(both) and out["sha256"] == sha256(both), out
+    print(f"read of {len(both)} bytes with a stalled: {out['elapsed']:.1f} s, "
+          f"{proxy.stalled} requests to a held unanswered")
+    assert proxy.stalled >= 1, "b never asked the stalled source: nothing was tested"
+    # The stall watchdog cuts a transfer off after 3 s without a byte; a few rounds of that,
+    # and the rest from c at loopback speed.
+    assert out["elapsed"] <= 20 * h.SLOW, out
+    wait_until(lambda: state_of(both_path) == "cached", WITHIN,
+               message="both.pth cached on b")
+    assert xattr(both_path, "hash") == h.xxh128_bytes(both)
+    assert "models/both.pth" not in status_failures(b)
+
+    # Only the stalled source: EIO within the read deadline, and the reason is recorded.
+    stalled_before = proxy.stalled
+    out = read_in_child(only_path, 0, len(only_a), deadline + 10)
+    assert out["errno"] == errno.EIO, out
+    assert out["elapsed"] <= deadline + 3 * h.SLOW, out
+    assert proxy.stalled > stalled_before or \
+        host_of(b.health(), "a")["circuit"] != "closed", \
+        "b neither asked a for only_a.pth nor had a's circuit open"
+    err = xattr(only_path, "last_error")
+    print("last_error:", err)
+    assert STALL_WORDS.search(err) or "no source left" in err, err
+    assert state_of(only_path) in ("remote", "partial", "error"), state_of(only_path)
+    assert int(xattr(only_path, "cached_bytes")) == 0
+    failures = status_failures(b)
+    assert failures.get("models/only_a.pth") == err, failures
+    human = b.meshfs("status")
+    assert human.returncode == 0, human.stderr
+    assert f"  models/only_a.pth: {err}" in human.stdout.splitlines(), human.stdout
+    assert b.running()
+
+    # a answers again: the file reads (once a is back in favour) and the failure is gone.
+    proxy.stall = False
+    wait_until(lambda: read_in_child(only_path, 0, len(only_a), deadline + 10)["sha256"] ==
+               sha256(only_a), 60, interval=1, message="only_a.pth readable once a answers")
+    wait_until(lambda: "models/only_a.pth" not in status_failures(b), WITHIN,
+               message="only_a.pth gone from recent_failures")
+    assert xattr(only_path, "last_error") == ""
+
+
+# --- meshfs status --json -------------------------------------------------------------------------
+
+def host_of(report, name):
+    for entry in report["hosts"]:
+        if entry["name"] == name:
+            return entry
+    raise AssertionError(f"no host {name} in {report}")
+
+
+@pytest.mark.meshfs_timeout(150)
+def test_status_json_strategies_unreplicated_critical_lag_circuits_recommendations(
+        make_cluster):
+    """Three nodes: e ephemeral (strategy auto: ephemeral), t the training primary (auto:
+    broadcast), s a self-play node configured `strategy: hybrid`. While e runs alone, its own
+    data has no copy elsewhere: `meshfs status --json` on e shows all of it unreplicated, e
+    among critical_hosts with a sync_now/critical recommendation, and t and s never reached
+    (lag_s null, down). Once t and s run, they take replicas: e's unreplicated_bytes drops to
+    0, nothing is critical, and every host is up with a closed circuit and a small lag."""
+    cluster = make_cluster(
+        ["e", "t", "s"], start=False,
+        config={"sync_routing": {"replication_target": 2},
+                "auto_sync": {"circuit_recovery_seconds": 1}},
+        nodes={"e": {"host": {"is_ephemeral": True}},
+               "t": {"host": {"role": "gpu_training_primary"}},
+               "s": {"host": {"role": "gpu_selfplay"},
+                     "config": {"auto_sync": {"strategy": "hybrid"}}}})
+    e, t, s = cluster["e"], cluster["t"], cluster["s"]
+    size = 3 * MiB + 17
+    put(e, "games/selfplay_sq8_2p.db", h.random_bytes(size, seed="status-eph"))
+    cluster.start("e")
+
+    def e_report_with(pred, message):
+        return wait_until(lambda: (lambda r: r if pred(r) else None)(e.status_json()),
+                          WITHIN, message=message)
+
+    rep = e_report_with(lambda r: host_of(r, "e")["bytes"] == size, "e counting its file")
+    assert rep["node"] == "e"
+    assert rep["strategy"] == "ephemeral"
+    me = host_of(rep, "e")
+    assert me["unreplicated_bytes"] == size, me
+    assert me["state"] == "up" and me["circuit"] == "closed", me
+    assert isinstance(me["lag_s"], int) and 0 <= me["lag_s"] < 60, me
+    assert rep["critical_hosts"] == ["e"], rep
+    assert "e" not in rep["stale_hosts"], rep
+    assert {"host": "e", "action": "sync_now", "priority": "critical"} in \
+        rep["recommendations"], rep["recommendations"]
+    for name in ("t", "s"):
+        other = host_of(rep, name)
+        assert other["lag_s"] is None and other["state"] == "down", other
+        assert other["circuit"] in ("closed", "open", "half-open"), other
+        assert not [r for r in rep["recommendations"] if r["host"] == name], rep
+    assert rep["health_score"] < 100, rep
+    assert rep["recent_failures"] == [], rep
+    assert health(e)["unreplicated_bytes"] == size
+
+    cluster.start("t", "s")
+    rep = e_report_with(lambda r: host_of(r, "e")["unreplicated_bytes"] == 0 and
+                        all(host_of(r, n)["state"] == "up" for n in ("t", "s")),
+                        "e's data replicated and t, s up on e")
+    assert rep["critical_hosts"] == [] and rep["stale_hosts"] == [], rep
+    assert rep["recommendations"] == [], rep
+    for name in ("e", "t", "s"):
+        entry = host_of(rep, name)
+        assert entry["circuit"] == "closed", entry
+        assert isinstance(entry["lag_s"], int) and 0 <= entry["lag_s"] < 30, entry
+    assert health(e)["unreplicated_bytes"] == 0
+    assert rep["health_score"] == 100, rep
+    # Each node names its own strategy; t and s see e's file and nothing critical.
+    for node, want in ((t, "broadcast"), (s, "hybrid")):
+        r = node.status_json()
+        assert r["node"] == node.name and r["strategy"] == want, (node.name, r["strategy"])
+        assert health(node)["strategy"] == want
+        entry = host_of(r, "e")
+        assert entry["files"] >= 1 and entry["bytes"] >= size, entry
+        assert entry["state"] == "up" and entry["circuit"] == "closed", entry
+        assert isinstance(entry["lag_s"], int) and entry["lag_s"] < 30, entry
+        assert r["critical_hosts"] == [], r
+        assert host_of(r, node.name)["unreplicated_bytes"] == 0, r

@@ -68,3 +68,23 @@ def test_a_reader_is_not_held_to_the_background_limit(make_cluster):
     assert got == data
     # At the background limit this would take 25 s.
     assert took < 12 * h.SLOW, f"a reader took {took:.1f} s for {size} bytes"
+
+
+@pytest.mark.meshfs_timeout(120)
+def test_health_and_status_count_the_fetch_queue(make_cluster):
+    # Held to 1 MB/s, three 3 MiB files stay queued for a few seconds.
+    cluster = make_cluster(["src", "dst"], config={"auto_sync": {"bandwidth_limit_mbps": 8}})
+    src, dst = cluster["src"], cluster["dst"]
+    for i in range(3):
+        h.write_file(src.local("games", f"g{i}.db"), h.random_bytes(3 * MiB, seed=f"q{i}"))
+    wait_until(lambda: all(os.path.exists(dst.path(f"games/g{i}.db")) for i in range(3)), 20,
+               message="the games shown on dst")
+    assert dst.health()["queue"] == 0
+    r = dst.meshfs("sync", "games", "--no-wait", timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: dst.health()["queue"] >= 2, 10, interval=0.05,
+               message="queue counting the files being fetched")
+    assert dst.status_json()["queue"] >= 1
+    wait_until(lambda: all(state_of(dst.path(f"games/g{i}.db")) == "cached" for i in range(3)),
+               60, message="the games cached")
+    wait_until(lambda: dst.health()["queue"] == 0, 10, message="queue empty again")

@@ -47,7 +47,8 @@ static void test_burst_caps_idle_savings(void)
 	CHECK(!bucket_allows(&b) || b.tokens < 1);
 	bucket_take(&b, 500000); /* into debt: half a second to wait */
 	CHECK(!bucket_allows(&b));
-	CHECK(bucket_wait_ns(&b) > SEC / 2 - SEC / 100 && bucket_wait_ns(&b) <= SEC / 2 + SEC / 100);
+	CHECK(bucket_wait_ns(&b) > SEC / 2 - SEC / 100 &&
+	      bucket_wait_ns(&b) <= SEC / 2 + SEC / 100);
 	bucket_refill(&b, 60 * SEC + SEC / 2 + SEC / 100);
 	CHECK(bucket_allows(&b));
 }

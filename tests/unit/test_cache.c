@@ -947,7 +947,8 @@ static void test_threads(void)
 	if (!env_open_cache(&e))
 		goto out;
 	for (int i = 0; i <= WRITERS; i++) {
-		ch[i] = (struct churn){ .c = e.c, .seed = 17u + (unsigned)i, .checker = i == WRITERS };
+		ch[i] =
+		    (struct churn){ .c = e.c, .seed = 17u + (unsigned)i, .checker = i == WRITERS };
 		pthread_create(&th[i], NULL, churn_main, &ch[i]);
 	}
 	for (int i = 0; i <= WRITERS; i++)

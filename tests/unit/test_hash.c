@@ -179,7 +179,9 @@ static void test_fd_sizes(void)
 /* Block hashes: one per 64 KiB, each the hash of its slice, the tail block short. */
 static void test_fd_blocks(void)
 {
-	static const size_t sizes[] = { 0, 1, 64 * 1024, 64 * 1024 + 1, MIB + 5, 4 * MIB + 64 * 1024 + 9 };
+	static const size_t sizes[] = { 0,	   1,
+					64 * 1024, 64 * 1024 + 1,
+					MIB + 5,   4 * MIB + 64 * 1024 + 9 };
 	uint8_t *p = pattern(4 * MIB + 64 * 1024 + 9);
 
 	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {

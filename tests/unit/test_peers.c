@@ -195,8 +195,8 @@ static char *srv_body(struct srv *s, long long since, size_t *len)
 	if (s->header_override)
 		fprintf(f, "%s\n", s->header_override);
 	else
-		fprintf(f, "{\"manifest\":1,\"node\":\"%s\",\"seq\":%lld,\"since\":%lld}\n", s->node,
-			s->hdr_seq, since);
+		fprintf(f, "{\"manifest\":1,\"node\":\"%s\",\"seq\":%lld,\"since\":%lld}\n",
+			s->node, s->hdr_seq, since);
 	for (size_t i = 0; i < s->n_lines; i++) {
 		if (s->line_seq[i] <= since)
 			continue;
@@ -974,7 +974,8 @@ static void test_bad_entries(void)
 	CHECK(lookup(env.cat, "h1", "games", "good1.db").deleted);
 	CHECK(!lookup(env.cat, "h1", "games", "backwards.db").found);
 	CHECK(!lookup(env.cat, "h1", "models", "later.pth").found);
-	CHECK(cap_has("peer h1: skipping bad manifest entry (seq 2): unknown category 'nosuchcat'"));
+	CHECK(
+	    cap_has("peer h1: skipping bad manifest entry (seq 2): unknown category 'nosuchcat'"));
 	CHECK(cap_has("peer h1: skipping bad manifest entry (seq 3): path"));
 	CHECK(cap_has("(seq 4): hash"));
 	CHECK(cap_has("(seq 5): size"));
