@@ -404,8 +404,10 @@ static int remote_cb(void *arg, const struct cat_entry *e)
 		return 0;
 	if (cat == w->models_cat)
 		newest_offer(w, e, host_index(cfg, origin));
-	if (origin->is_ephemeral && router_can_receive(cfg, cfg->self, origin, (size_t)cat)) {
-		targets = router_replica_targets(cfg, origin, (size_t)cat, e->path, &e->hash,
+	if (origin->is_ephemeral &&
+	    router_can_receive(cfg, a->d->shared, cfg->self, origin, (size_t)cat)) {
+		targets = router_replica_targets(cfg, a->d->shared, origin, (size_t)cat, e->path,
+						 &e->hash,
 						 w->down);
 		if ((targets >> self_index(cfg)) & 1) {
 			add_candidate(w, (size_t)cat, e->path, &e->hash, FETCH_PRIO_NORMAL, true,

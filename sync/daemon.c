@@ -299,7 +299,7 @@ int daemon_start(const struct mfs_config *cfg, int lock_fd, struct daemon **out,
 		goto fail;
 	}
 	/* Before anything reads or syncs: an unhealthy shared storage is not passed through. */
-	ret = shared_start(cfg, d->ns, d->peers, NULL);
+	ret = shared_start(cfg, d->ns, d->peers, NULL, &d->shared);
 	if (ret < 0) {
 		snprintf(err, errlen, "shared storage: %s", strerror(-ret));
 		goto fail;
@@ -367,7 +367,8 @@ void daemon_stop(struct daemon *d)
 		dataserver_stop(d->server);
 	autosync_stop(d->autosync);
 	d->autosync = NULL;
-	shared_stop(d->cfg); /* uses the namespace and the peers */
+	shared_stop(d->shared); /* uses the namespace and the peers */
+	d->shared = NULL;
 	/* Parked reads are answered (-ESHUTDOWN) before the FUSE session goes. */
 	if (d->fetch)
 		fetch_stop(d->fetch);

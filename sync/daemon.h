@@ -28,6 +28,7 @@ struct control;
 struct dataserver;
 struct fetch;
 struct peers;
+struct shared;
 
 struct daemon {
 	const struct mfs_config *cfg;	/* owned by the caller, outlives the daemon */
@@ -39,6 +40,7 @@ struct daemon {
 	struct peers *peers;		/* NULL until started (and in tests) */
 	struct fetch *fetch;
 	struct autosync *autosync;	/* atomic: the peers thread reads it (see daemon.c) */
+	struct shared *shared;		/* the shared-storage checker; NULL if none */
 	struct dataserver *server;
 	struct control *control;
 	int64_t started_at;		/* unix seconds */

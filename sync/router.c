@@ -69,23 +69,23 @@ bool router_config_shares(const struct mfs_config *cfg, const struct cfg_host *a
  * here and the other one's probe is not missing while it is up; sync/shared.h). A pair this
  * node is not part of is judged by the config alone: only they can look.
  */
-static bool share_storage(const struct mfs_config *cfg, const struct cfg_host *a,
-			  const struct cfg_host *b, size_t cat_idx)
+static bool share_storage(const struct mfs_config *cfg, struct shared *sh,
+			  const struct cfg_host *a, const struct cfg_host *b, size_t cat_idx)
 {
 	if (!router_config_shares(cfg, a, b, cat_idx))
 		return false;
 	if (a == cfg->self)
-		return shared_pair_ok(cfg, b, cat_idx);
+		return shared_pair_ok(sh, b, cat_idx);
 	if (b == cfg->self)
-		return shared_pair_ok(cfg, a, cat_idx);
+		return shared_pair_ok(sh, a, cat_idx);
 	return true;
 }
 
-bool router_can_receive(const struct mfs_config *cfg, const struct cfg_host *host,
-			const struct cfg_host *origin, size_t cat_idx)
+bool router_can_receive(const struct mfs_config *cfg, struct shared *sh,
+			const struct cfg_host *host, const struct cfg_host *origin, size_t cat_idx)
 {
 	return host != origin && host->active && host->address && !host->is_ephemeral &&
-	       !router_excluded(cfg, host->name) && !share_storage(cfg, host, origin, cat_idx);
+	       !router_excluded(cfg, host->name) && !share_storage(cfg, sh, host, origin, cat_idx);
 }
 
 /* The rendezvous score of @host for one version: XXH3 of the host name, the path and the
@@ -100,9 +100,9 @@ static uint64_t score(const char *host, const char *path, const struct hash128 *
 	return XXH3_64bits_withSeed(hb, sizeof(hb), h);
 }
 
-uint64_t router_replica_targets(const struct mfs_config *cfg, const struct cfg_host *origin,
-				size_t cat_idx, const char *path, const struct hash128 *hash,
-				uint64_t down)
+uint64_t router_replica_targets(const struct mfs_config *cfg, struct shared *sh,
+				const struct cfg_host *origin, size_t cat_idx, const char *path,
+				const struct hash128 *hash, uint64_t down)
 {
 	uint64_t chosen = 0;
 	int want = cfg->sync_routing.replication_target;
@@ -117,7 +117,7 @@ uint64_t router_replica_targets(const struct mfs_config *cfg, const struct cfg_h
 			uint64_t s;
 
 			if ((chosen | down) & ((uint64_t)1 << i) ||
-			    !router_can_receive(cfg, h, origin, cat_idx))
+			    !router_can_receive(cfg, sh, h, origin, cat_idx))
 				continue;
 			s = score(h->name, path, hash);
 			if (best < 0 || s > best_score) {

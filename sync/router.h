@@ -19,6 +19,8 @@
 #include "sync/config.h"
 #include "sync/hash.h"
 
+struct shared;
+
 /* The strategy in effect for @host: `auto` resolves to ephemeral for an ephemeral host,
  * broadcast for a host whose role publishes models, hybrid otherwise. */
 enum cfg_strategy router_strategy(const struct mfs_config *cfg, const struct cfg_host *host);
@@ -40,11 +42,12 @@ bool router_excluded(const struct mfs_config *cfg, const char *host);
 /*
  * Whether @host may hold replicas of @origin's files of category @cat_idx: active, not
  * excluded, not ephemeral, not @origin, and not sharing that category's storage with @origin.
- * When this node is @host or @origin, "sharing" also needs its probe of that storage to agree
- * (sync/shared.h): an unhealthy shared storage here is synced like any other.
+ * When this node is @host or @origin, "sharing" also needs its probe of that storage (checker
+ * @sh, NULL = none) to agree (sync/shared.h): an unhealthy shared storage here is synced like
+ * any other.
  */
-bool router_can_receive(const struct mfs_config *cfg, const struct cfg_host *host,
-			const struct cfg_host *origin, size_t cat_idx);
+bool router_can_receive(const struct mfs_config *cfg, struct shared *sh,
+			const struct cfg_host *host, const struct cfg_host *origin, size_t cat_idx);
 
 /* Whether the config says @a and @b see @b's directory of category @cat_idx on storage they
  * share (a shared_storage path of each holds it). The config alone; no probe. */
@@ -53,12 +56,13 @@ bool router_config_shares(const struct mfs_config *cfg, const struct cfg_host *a
 
 /*
  * The hosts that should hold replicas of version @hash of (@cat_idx, @path) produced by
- * @origin: the replication_target eligible hosts with the highest rendezvous scores, skipping
+ * @origin: the replication_target eligible hosts (router_can_receive with @sh) with the highest
+ * rendezvous scores, skipping
  * those in @down (bit per host index). Returns the bitmask of host indexes (< 64).
  */
-uint64_t router_replica_targets(const struct mfs_config *cfg, const struct cfg_host *origin,
-				size_t cat_idx, const char *path, const struct hash128 *hash,
-				uint64_t down);
+uint64_t router_replica_targets(const struct mfs_config *cfg, struct shared *sh,
+				const struct cfg_host *origin, size_t cat_idx, const char *path,
+				const struct hash128 *hash, uint64_t down);
 
 /*
  * The place of @host (0 = first) among the hosts that take the broadcast of version @hash of

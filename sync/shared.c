@@ -2,8 +2,7 @@
  * shared — the probe of this node's shared storage (shared.h says what is checked, what
  * "healthy" means and what follows from it).
  *
- * One struct shared per running daemon, found by its config in a small registry, with one
- * struct shared_cat per category of this node that lies under a shared_storage path. A round
+ * One struct shared per running daemon (struct daemon holds it), with one struct shared_cat per category of this node that lies under a shared_storage path. A round
  * (at start, then every interval on the "meshfs-shared" thread) starts a probe job for each
  * category — unless the previous one is still stuck in the kernel —, waits for the jobs until
  * the deadline, decides each category's state from its job's result and from what has been
@@ -11,11 +10,6 @@
  *
  * A job is shared by the checker and the detached worker thread that does its I/O, and is
  * freed by whichever lets go last: a worker stuck on a hung mount may outlive the daemon.
- *
- * The registry is the one mutable global here besides the log sink: the router is asked
- * "do these two hosts share this storage?" with nothing but the config (router_can_receive's
- * callers in sync/autosync.c), so the config is the key. It holds one entry per running
- * daemon (one per process in practice).
  */
 #include "sync/shared.h"
 
@@ -103,7 +97,6 @@ struct shared_cat {
 };
 
 struct shared {
-	struct shared *next;		/* protected by registry_lock */
 	const struct mfs_config *cfg;
 	struct ns *ns;
 	struct peers *peers;
@@ -113,15 +106,13 @@ struct shared {
 	int64_t started;		/* mono ns */
 	pthread_t thread;
 	bool thread_started;
-	pthread_mutex_t lock;		/* after registry_lock; before a job's lock */
+	pthread_mutex_t lock;		/* before a job's lock */
 	pthread_cond_t cond;
 	bool stopping;			/* written under lock, read atomically */
 	struct shared_cat *cats;
 	size_t n_cats;
 };
 
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct shared *registry;		/* protected by registry_lock */
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -756,28 +747,13 @@ static int cat_init(struct shared *sh, struct shared_cat *c, size_t cat, char *d
 	return 0;
 }
 
-/* Finds the checker of @cfg. registry_lock held. */
-static struct shared *find_locked(const struct mfs_config *cfg)
-{
-	struct shared *sh = registry;
-
-	while (sh && sh->cfg != cfg)
-		sh = sh->next;
-	return sh;
-}
-
 int shared_start(const struct mfs_config *cfg, struct ns *ns, struct peers *peers,
-		 const struct shared_opts *opts)
+		 const struct shared_opts *opts, struct shared **out)
 {
 	struct shared *sh = NULL;
 	int ret = 0;
 
-	pthread_mutex_lock(&registry_lock);
-	if (find_locked(cfg))
-		ret = -EEXIST;
-	pthread_mutex_unlock(&registry_lock);
-	if (ret < 0)
-		return ret;
+	*out = NULL;
 	sh = calloc(1, sizeof(*sh));
 	if (!sh)
 		return -ENOMEM;
@@ -819,42 +795,19 @@ int shared_start(const struct mfs_config *cfg, struct ns *ns, struct peers *peer
 		return 0;
 	}
 	round_run(sh, true);
-
-	pthread_mutex_lock(&registry_lock);
-	if (find_locked(cfg)) {
-		ret = -EEXIST;
-	} else {
-		sh->next = registry;
-		registry = sh;
-	}
-	pthread_mutex_unlock(&registry_lock);
+	ret = -pthread_create(&sh->thread, NULL, shared_main, sh);
 	if (ret < 0)
 		goto fail;
-	ret = -pthread_create(&sh->thread, NULL, shared_main, sh);
-	if (ret < 0) {
-		shared_stop(cfg);
-		return ret;
-	}
 	sh->thread_started = true;
+	*out = sh;
 	return 0;
 fail:
 	shared_free(sh);
 	return ret;
 }
 
-void shared_stop(const struct mfs_config *cfg)
+void shared_stop(struct shared *sh)
 {
-	struct shared **pp, *sh = NULL;
-
-	pthread_mutex_lock(&registry_lock);
-	for (pp = &registry; *pp; pp = &(*pp)->next) {
-		if ((*pp)->cfg == cfg) {
-			sh = *pp;
-			*pp = sh->next;
-			break;
-		}
-	}
-	pthread_mutex_unlock(&registry_lock);
 	if (!sh)
 		return;
 	pthread_mutex_lock(&sh->lock);
@@ -868,24 +821,18 @@ void shared_stop(const struct mfs_config *cfg)
 
 /* ------------------------------------------------------------------ queries */
 
-int shared_list(const struct mfs_config *cfg, struct shared_view **out, size_t *n)
+int shared_list(struct shared *sh, struct shared_view **out, size_t *n)
 {
 	struct shared_view *v = NULL;
-	struct shared *sh;
 	int64_t now = mono_ns();
-	int ret = 0;
 
 	*out = NULL;
 	*n = 0;
-	pthread_mutex_lock(&registry_lock);
-	sh = find_locked(cfg);
 	if (!sh)
-		goto out;
+		return 0;
 	v = calloc(sh->n_cats, sizeof(*v));
-	if (!v) {
-		ret = -ENOMEM;
-		goto out;
-	}
+	if (!v)
+		return -ENOMEM;
 	pthread_mutex_lock(&sh->lock);
 	for (size_t i = 0; i < sh->n_cats; i++) {
 		const struct shared_cat *c = &sh->cats[i];
@@ -900,18 +847,13 @@ int shared_list(const struct mfs_config *cfg, struct shared_view **out, size_t *
 	pthread_mutex_unlock(&sh->lock);
 	*out = v;
 	*n = sh->n_cats;
-out:
-	pthread_mutex_unlock(&registry_lock);
-	return ret;
+	return 0;
 }
 
-bool shared_pair_ok(const struct mfs_config *cfg, const struct cfg_host *other, size_t cat_idx)
+bool shared_pair_ok(struct shared *sh, const struct cfg_host *other, size_t cat_idx)
 {
-	struct shared *sh;
 	bool ok = true;
 
-	pthread_mutex_lock(&registry_lock);
-	sh = find_locked(cfg);
 	for (size_t i = 0; sh && i < sh->n_cats; i++) {
 		const struct shared_cat *c = &sh->cats[i];
 
@@ -920,11 +862,10 @@ bool shared_pair_ok(const struct mfs_config *cfg, const struct cfg_host *other, 
 		pthread_mutex_lock(&sh->lock);
 		ok = !c->decided || c->healthy;
 		for (size_t k = 0; ok && k < c->n_peers; k++)
-			if (&cfg->hosts[c->peers[k].host] == other && c->peers[k].contradicted)
+			if (&sh->cfg->hosts[c->peers[k].host] == other && c->peers[k].contradicted)
 				ok = false;
 		pthread_mutex_unlock(&sh->lock);
 		break;
 	}
-	pthread_mutex_unlock(&registry_lock);
 	return ok;
 }

@@ -37,10 +37,9 @@
  * stuck in the kernel is left behind (and no other is started for that category until it
  * returns) instead of holding up the checker or the daemon's stop.
  *
- * The checker of a running daemon is found by its config (a small registry), because the
- * router's callers pass only the config. Locks: the registry lock, then sh->lock, then a
- * job's lock, each taken only for copies; none is held across I/O or a call into another
- * module.
+ * The daemon holds the checker (struct daemon.shared) and hands it to the router's callers.
+ * Locks: sh->lock, then a job's lock, each taken only for copies; none is held across I/O or a
+ * call into another module.
  */
 #ifndef MESHFS_SHARED_H
 #define MESHFS_SHARED_H
@@ -59,6 +58,8 @@
 
 struct ns;
 struct peers;
+
+struct shared;
 
 struct shared_opts {
 	int interval_ms;	/* between checks; 0 = SHARED_INTERVAL_MS */
@@ -81,35 +82,34 @@ struct shared_view {
 
 /*
  * Starts checking the shared categories of cfg->self. Probes each once now (at most the
- * deadline), sets the namespace's mode of each (@ns may be NULL), registers the checker under
- * @cfg and starts the "meshfs-shared" thread. A node without shared categories gets nothing
- * (returns 0). @peers (may be NULL) tells which hosts are up; @opts may be NULL. Returns 0,
- * -EEXIST if a checker runs for @cfg already, or -errno. @cfg, @ns and @peers must outlive
- * shared_stop(). No lock held on return.
+ * deadline), sets the namespace's mode of each (@ns may be NULL) and starts the "meshfs-shared"
+ * thread; the checker in *out. A node without shared categories gets none (returns 0, *out
+ * NULL). @peers (may be NULL) tells which hosts are up; @opts may be NULL. Returns 0 or
+ * -errno. @cfg, @ns and @peers must outlive shared_stop(). No lock held on return.
  */
 int shared_start(const struct mfs_config *cfg, struct ns *ns, struct peers *peers,
-		 const struct shared_opts *opts);
+		 const struct shared_opts *opts, struct shared **out);
 
 /*
- * Stops and frees the checker of @cfg (nothing if none). Waits for the thread, never for a
+ * Stops and frees checker @sh (NULL: nothing). Waits for the thread, never for a
  * probe stuck in I/O (that one frees its job when it returns). Call it before the namespace
  * and the peers it was given are gone.
  */
-void shared_stop(const struct mfs_config *cfg);
+void shared_stop(struct shared *sh);
 
 /*
- * The shared categories of the checker of @cfg, in category order: a new array in *out
- * (free()), its length in *n; 0 entries when none runs. Returns 0 or -ENOMEM.
+ * The shared categories of checker @sh, in category order: a new array in *out (free()), its
+ * length in *n; 0 entries when @sh is NULL. Returns 0 or -ENOMEM.
  */
-int shared_list(const struct mfs_config *cfg, struct shared_view **out, size_t *n);
+int shared_list(struct shared *sh, struct shared_view **out, size_t *n);
 
 /*
- * Whether this node (cfg->self) may treat @other as seeing category @cat_idx's storage with
+ * Whether this node (the checker's cfg->self) may treat @other as seeing category @cat_idx's storage with
  * it, as far as this node can tell: false when this node's storage of that category is
  * unhealthy, or @other is up and its probe is not seen here; true otherwise, and whenever
- * nothing is checked for that category (no checker, not on shared storage here). The config
+ * nothing is checked for that category (@sh NULL, not on shared storage here). The config
  * must already say they share (router.c asks only then).
  */
-bool shared_pair_ok(const struct mfs_config *cfg, const struct cfg_host *other, size_t cat_idx);
+bool shared_pair_ok(struct shared *sh, const struct cfg_host *other, size_t cat_idx);
 
 #endif

@@ -233,7 +233,7 @@ out:
  * "degraded" (its data there is synced, not passed through). */
 static int shared_views(struct snap *s)
 {
-	int ret = shared_list(s->cfg, &s->shared, &s->n_shared);
+	int ret = shared_list(s->d->shared, &s->shared, &s->n_shared);
 
 	for (size_t i = 0; ret == 0 && i < s->n_shared; i++)
 		if (!s->shared[i].healthy)

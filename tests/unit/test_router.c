@@ -106,15 +106,15 @@ static void test_can_receive(void)
 		return;
 	}
 	spot = host(cfg, "spot");
-	CHECK(router_can_receive(cfg, host(cfg, "p1"), spot, 0));
-	CHECK(router_can_receive(cfg, host(cfg, "train"), spot, 0));
-	CHECK(!router_can_receive(cfg, spot, spot, 0));			/* itself */
-	CHECK(!router_can_receive(cfg, host(cfg, "mac"), spot, 0));	/* excluded */
-	CHECK(!router_can_receive(cfg, host(cfg, "gone"), spot, 0));	/* inactive */
-	CHECK(!router_can_receive(cfg, host(cfg, "spot2"), spot, 0));	/* ephemeral */
+	CHECK(router_can_receive(cfg, NULL, host(cfg, "p1"), spot, 0));
+	CHECK(router_can_receive(cfg, NULL, host(cfg, "train"), spot, 0));
+	CHECK(!router_can_receive(cfg, NULL, spot, spot, 0));			/* itself */
+	CHECK(!router_can_receive(cfg, NULL, host(cfg, "mac"), spot, 0));	/* excluded */
+	CHECK(!router_can_receive(cfg, NULL, host(cfg, "gone"), spot, 0));	/* inactive */
+	CHECK(!router_can_receive(cfg, NULL, host(cfg, "spot2"), spot, 0));	/* ephemeral */
 	/* Hosts sharing the producer's storage hold nothing of it; others do. */
-	CHECK(!router_can_receive(cfg, host(cfg, "nfs2"), host(cfg, "nfs1"), 0));
-	CHECK(router_can_receive(cfg, host(cfg, "p1"), host(cfg, "nfs1"), 0));
+	CHECK(!router_can_receive(cfg, NULL, host(cfg, "nfs2"), host(cfg, "nfs1"), 0));
+	CHECK(router_can_receive(cfg, NULL, host(cfg, "p1"), host(cfg, "nfs1"), 0));
 	config_free(cfg);
 }
 
@@ -138,15 +138,15 @@ static void test_replica_targets(void)
 		int first;
 
 		snprintf(path, sizeof(path), "games/g%d.db", i);
-		t = router_replica_targets(cfg, spot, 0, path, &h, 0);
+		t = router_replica_targets(cfg, NULL, spot, 0, path, &h, 0);
 		CHECK_EQ_INT(__builtin_popcountll(t), 2);
 		CHECK((t & bad) == 0);
-		again = router_replica_targets(cfg, spot, 0, path, &h, 0);
+		again = router_replica_targets(cfg, NULL, spot, 0, path, &h, 0);
 		CHECK(t == again);
 		spread |= t;
 		/* A chosen host that is down: the next in line takes its place. */
 		first = __builtin_ctzll(t);
-		without = router_replica_targets(cfg, spot, 0, path, &h, 1ull << first);
+		without = router_replica_targets(cfg, NULL, spot, 0, path, &h, 1ull << first);
 		CHECK_EQ_INT(__builtin_popcountll(without), 2);
 		CHECK(!(without & (1ull << first)));
 		CHECK((without & t) == (t & ~(1ull << first)));
