@@ -58,6 +58,15 @@ struct newest {
 	int origin;
 };
 
+/* When this node first saw a broadcast model (the fallback counts from then, not its mtime,
+ * which a copied or renamed checkpoint keeps from long ago). */
+struct first_seen {
+	struct hash128 hash;
+	int64_t at_ns;			/* 0: empty slot */
+};
+
+#define AS_FIRST_SEEN 16
+
 struct autosync {
 	struct daemon *d;
 	const struct mfs_config *cfg;
@@ -75,6 +84,7 @@ struct autosync {
 
 	/* The thread only: */
 	size_t cursor;			/* remote walk: wanted entries to skip (see file header) */
+	struct first_seen seen[AS_FIRST_SEEN];
 };
 
 /* ------------------------------------------------------------------ helpers */
@@ -447,6 +457,7 @@ static bool want_one(struct autosync *a, const struct candidate *c)
 	const char *category = a->cfg->categories[c->cat].name;
 	struct cache_info info;
 	struct ns_found found;
+	bool busy;
 
 	if (ns_find_file(a->d->ns, c->cat, c->path, &found, NULL, NULL) < 0 ||
 	    !hash_equal(&found.remote.hash, &c->hash) || found.host == self_index(a->cfg) ||
@@ -460,9 +471,12 @@ static bool want_one(struct autosync *a, const struct candidate *c)
 			publish_replica(a, c->cat, c->path, &c->hash);
 		return false;
 	}
-	if (!a->d->fetch || fetch_busy(a->d->fetch, &c->hash))
+	if (!a->d->fetch)
 		return false;
-	if (fetch_prefetch_avoiding(a->d->fetch, &found.remote, c->prio, c->avoid) < 0)
+	/* Asked again even while under way: the fetch then learns of holders that appeared since
+	 * it started (a broadcast's second wave spreads over every copy, not the first one). */
+	busy = fetch_busy(a->d->fetch, &c->hash);
+	if (fetch_prefetch_avoiding(a->d->fetch, &found.remote, c->prio, c->avoid) < 0 || busy)
 		return false;
 	log_msg(LOG_DEBUG, "autosync: fetching %s/%s ahead (priority %d%s)", category, c->path,
 		(int)c->prio, c->keep ? ", a replica kept for its ephemeral producer" : "");
@@ -471,11 +485,27 @@ static bool want_one(struct autosync *a, const struct candidate *c)
 
 /* ------------------------------------------------------------------ the pass */
 
+/* When this node first saw version @hash (now, the first time it is asked). */
+static int64_t first_seen(struct autosync *a, const struct hash128 *hash)
+{
+	struct first_seen *oldest = &a->seen[0];
+
+	for (size_t i = 0; i < AS_FIRST_SEEN; i++) {
+		if (a->seen[i].at_ns && hash_equal(&a->seen[i].hash, hash))
+			return a->seen[i].at_ns;
+		if (!a->seen[i].at_ns || (oldest->at_ns && a->seen[i].at_ns < oldest->at_ns))
+			oldest = &a->seen[i];
+	}
+	oldest->hash = *hash;
+	oldest->at_ns = mono_ns();
+	return oldest->at_ns;
+}
+
 /*
  * Whether this node's turn has come to fetch broadcast model @m: the first
  * AS_BROADCAST_FANOUT receivers (router_broadcast_rank) at once, from the producer; the others
  * once some other host holds a complete copy, and then not from the producer while another
- * source is left (*avoid); everyone once the model is AS_BROADCAST_WAIT_S old. So the
+ * source is left (*avoid); everyone once this node has known the model AS_BROADCAST_WAIT_S. So the
  * producer uploads about AS_BROADCAST_FANOUT copies however many nodes there are.
  */
 static bool broadcast_turn(struct autosync *a, struct remote_walk *w, const struct newest *m,
@@ -502,7 +532,7 @@ static bool broadcast_turn(struct autosync *a, struct remote_walk *w, const stru
 		*avoid = origin_bit;
 		return true;
 	}
-	if (now_ns() - m->mtime_ns > (int64_t)AS_BROADCAST_WAIT_S * NS_PER_S)
+	if (mono_ns() - first_seen(a, &m->hash) > (int64_t)AS_BROADCAST_WAIT_S * NS_PER_S)
 		return true;
 	log_msg(LOG_DEBUG, "autosync: models/%s: receiver %d of the broadcast, waiting for a "
 		"first copy", m->path, rank);
@@ -631,6 +661,17 @@ static void *autosync_main(void *arg)
 
 		if (a->stop)
 			break;
+		if (a->done) {
+			/* A copy just completed: list it now, not at the next pass. */
+			bool changed = false;
+
+			pthread_mutex_unlock(&a->lock);
+			drain_completed(a, &changed);
+			if (changed)
+				announce(a);
+			pthread_mutex_lock(&a->lock);
+			continue;
+		}
 		if (a->kicked && now - last >= gap)
 			next = now;
 		if (now < next) {
