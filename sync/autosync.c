@@ -27,6 +27,7 @@
 
 #define AS_MAX_CANDIDATES 4096		/* wanted files handled per pass */
 #define AS_MAX_REPLICAS 4096		/* own replica entries checked per pass */
+#define AS_OWN_PAGE 512			/* own entries copied per hold of the catalog's lock */
 #define AS_NEWEST_MODELS 3		/* "the newest models" */
 #define NS_PER_S 1000000000LL
 #define AS_MIN_GAP_NS (2 * NS_PER_S)	/* between kicked passes (or 5x a pass's time) */
@@ -282,15 +283,74 @@ static int own_cb(void *arg, const struct cat_entry *e)
 	return 0;
 }
 
-/* Walks this node's entries: counts what is unreplicated and collects its replica entries. */
+/* One page of this node's entries, copied under the catalog's lock and looked at after. */
+struct own_page {
+	struct cat_entry e[AS_OWN_PAGE];
+	size_t n;
+	int64_t last_seq;
+};
+
+static int page_cb(void *arg, const struct cat_entry *e)
+{
+	struct own_page *pg = arg;
+	struct cat_entry *c = &pg->e[pg->n];
+
+	pg->last_seq = e->seq;
+	if (e->deleted)
+		return 0;
+	*c = *e;
+	c->host = NULL; /* not needed; own_cb compares origin with the node */
+	c->category = strdup(e->category);
+	c->path = strdup(e->path);
+	c->origin = strdup(e->origin);
+	if (!c->category || !c->path || !c->origin) {
+		free((char *)c->category);
+		free((char *)c->path);
+		free((char *)c->origin);
+		return -ENOMEM;
+	}
+	pg->n++;
+	return 0;
+}
+
+/*
+ * Walks this node's entries: counts what is unreplicated and collects its replica entries. In
+ * pages of AS_OWN_PAGE by seq, the catalog's lock held only while a page is copied: the data
+ * server answers manifest requests in between, so a node with many files is not held up while
+ * its own data is counted.
+ */
 static int walk_own(struct autosync *a, struct own_walk *w)
 {
+	struct own_page *pg = malloc(sizeof(*pg));
+	int64_t since = 0;
+	int ret = 0;
+
 	memset(w, 0, sizeof(*w));
 	w->a = a;
 	w->items = calloc(AS_MAX_REPLICAS, sizeof(*w->items));
-	if (!w->items)
+	if (!w->items || !pg) {
+		free(pg);
 		return -ENOMEM;
-	return catalog_foreach(a->d->catalog, a->cfg->node, own_cb, w);
+	}
+	do {
+		pg->n = 0;
+		pg->last_seq = since;
+		ret = catalog_changes_page(a->d->catalog, a->cfg->node, since, AS_OWN_PAGE, page_cb,
+					   pg);
+		for (size_t i = 0; i < pg->n; i++) {
+			pg->e[i].host = a->cfg->node;
+			if (ret == 0)
+				own_cb(w, &pg->e[i]);
+			free((char *)pg->e[i].category);
+			free((char *)pg->e[i].path);
+			free((char *)pg->e[i].origin);
+		}
+		if (pg->last_seq == since)
+			break; /* nothing after @since: the end */
+		since = pg->last_seq;
+	} while (ret == 0);
+	free(pg);
+	return ret;
 }
 
 static void own_walk_free(struct own_walk *w)
@@ -576,7 +636,9 @@ static void pass(struct autosync *a)
 			     a->d->fetch;
 	rw.skip = a->cursor;
 	rw.models_cat = config_category_index(cfg, "models");
-	rw.cands = calloc(AS_MAX_CANDIDATES, sizeof(*rw.cands));
+	/* Nothing to fetch ahead (AutoSync off, or this node excluded): no walk at all, so a
+	 * burst of changes from a peer is not slowed by passes over its entries. */
+	rw.cands = rw.can_receive_any ? calloc(AS_MAX_CANDIDATES, sizeof(*rw.cands)) : NULL;
 	if (rw.cands) {
 		ret = catalog_foreach_remote(a->d->catalog, cfg->node, remote_cb, &rw);
 		if (ret < 0)

@@ -371,8 +371,9 @@ bool fetch_last_error(struct fetch *f, const struct hash128 *hash, char *buf, si
 /* ------------------------------------------------------------------ sources */
 
 /*
- * The usable source (not in @exclude) for the next @bytes of @ff that should finish first, or
- * -1. With @busy, hosts already running FETCH_MAX_PER_HOST chunk transfers are passed over,
+ * The usable source (not in @exclude) for the next @bytes of @ff that should finish first: the
+ * least round trip plus bytes in flight and asked over its measured throughput, an ephemeral
+ * host's time counting 1.5x (a spot machine may go at any moment); or -1. With @busy, hosts already running FETCH_MAX_PER_HOST chunk transfers are passed over,
  * and *busy says whether one was (then -1 means "later", not "nobody"). Lock held.
  */
 int fetch_pick_source(struct fetch *f, struct fetch_file *ff, uint64_t exclude, uint64_t bytes,
@@ -402,7 +403,10 @@ int fetch_pick_source(struct fetch *f, struct fetch_file *ff, uint64_t exclude, 
 		if (f->peers)
 			peers_status(f->peers, (size_t)h, &ps);
 		bps = ps.throughput_bps > 0 ? ps.throughput_bps : FETCH_DEFAULT_BPS;
-		eta = (double)(f->host_inflight[h] + bytes) / bps;
+		eta = ps.rtt_s + (double)(f->host_inflight[h] + bytes) / bps;
+		/* A spot machine may go at any moment: asked when it is clearly the faster. */
+		if (f->cfg->hosts[h].is_ephemeral)
+			eta *= FETCH_EPHEMERAL_PENALTY;
 		if (best < 0 || eta < best_eta) {
 			best = h;
 			best_eta = eta;
@@ -711,10 +715,20 @@ static void drop_abandoned_locked(struct fetch *f)
 	}
 }
 
+/* A background transfer whose chunk a reader now waits for (or will soon) is no longer held
+ * to the bandwidth limits: reads pre-empt background work. Lock held; fetch thread. */
+static void promote_read_chunks_locked(struct fetch *f)
+{
+	for (struct xfer *x = f->xfers; x; x = x->next)
+		if (x->limited && x->chunk < XFER_PROBE && x->ff->want[x->chunk] >= FETCH_PRIO_AHEAD)
+			x->limited = false;
+}
+
 /* Starts what is most wanted, within the limits. Lock held. */
 static void schedule_locked(struct fetch *f, struct completion **done)
 {
 	drop_abandoned_locked(f);
+	promote_read_chunks_locked(f);
 	fetch_start_probes_locked(f);
 	for (;;) {
 		struct fetch_file *best_ff = NULL;
@@ -1065,7 +1079,8 @@ static void resume_paused(struct fetch *f)
 		if (!x->paused)
 			continue;
 		bucket_refill(&f->host_bw[x->host], now);
-		if (!bucket_allows(&f->all_bw) || !bucket_allows(&f->host_bw[x->host]))
+		if (x->limited &&
+		    (!bucket_allows(&f->all_bw) || !bucket_allows(&f->host_bw[x->host])))
 			continue;
 		/* Resuming may hand the data over at once, and pause again. */
 		x->paused = false;

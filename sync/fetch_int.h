@@ -24,6 +24,7 @@
 #define FETCH_CONNECT_TIMEOUT_MS 2000
 #define FETCH_STALL_SECONDS 3		/* no progress this long: the source is stalled */
 #define FETCH_DEFAULT_BPS (50.0 * 1024 * 1024) /* guess for a source never measured */
+#define FETCH_EPHEMERAL_PENALTY 1.5	/* ephemeral sources: their expected time counts more */
 #define FETCH_MAX_CHUNK_LIST (1u << 20)
 #define FETCH_RECV_BUFFER (512 * 1024)
 #define FETCH_STAGE (1024 * 1024)	/* bytes of a chunk gathered per write to the cache */

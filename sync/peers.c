@@ -298,14 +298,26 @@ static void record_pull(struct peers *p, struct peer *pe, int err, enum verdict 
 	uint32_t failures;
 	int64_t now = mono_ns();
 	int move = feed_circuit(pe, v, now);
+	curl_off_t first_byte_us = 0;
 	bool open;
 
+	/* The time to the first byte of a small request is about the round trip. */
+	if (err == 0 &&
+	    curl_easy_getinfo(p->curl, CURLINFO_STARTTRANSFER_TIME_T, &first_byte_us) != CURLE_OK)
+		first_byte_us = 0;
 	pthread_mutex_lock(&p->lock);
 	before = pe->st.state;
 	if (err == 0) {
 		pe->st.state = PEER_UP;
 		pe->st.consecutive_failures = 0;
 		pe->st.last_seen = now_s();
+		if (first_byte_us > 0) {
+			double rtt = (double)first_byte_us / 1e6;
+
+			pe->st.rtt_s = pe->st.rtt_s > 0 ? PEER_EWMA_ALPHA * rtt +
+							  (1 - PEER_EWMA_ALPHA) * pe->st.rtt_s
+							: rtt;
+		}
 	} else {
 		pe->st.errors++;
 		pe->st.consecutive_failures++;

@@ -63,6 +63,7 @@ struct peer_status {
 	uint64_t errors; /* failed requests since start (pulls, announcements, fetches) */
 	uint32_t consecutive_failures;	/* manifest pulls that failed in a row */
 	double throughput_bps;		/* bytes/s measured by fetches; 0 = unknown */
+	double rtt_s;			/* time to the first byte of its manifest pulls (EWMA) */
 	char last_error[256];
 };
 
