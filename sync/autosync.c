@@ -398,6 +398,8 @@ static bool check_replicas(struct autosync *a, struct own_walk *w)
 struct remote_walk {
 	struct autosync *a;
 	uint64_t down;
+	bool room_known[64];		/* what each host said it can still take (self: here) */
+	uint64_t room[64];
 	bool can_receive_any;		/* auto_sync on, this node not excluded */
 	size_t skip;			/* wanted entries to pass over (the cursor) */
 	size_t seen;			/* wanted entries met */
@@ -476,9 +478,14 @@ static int remote_cb(void *arg, const struct cat_entry *e)
 		newest_offer(w, e, host_index(cfg, origin));
 	if (origin->is_ephemeral &&
 	    router_can_receive(cfg, a->d->shared, cfg->self, origin, (size_t)cat)) {
+		uint64_t full = 0;
+
+		/* A host without room for it is passed over: the next in line takes it. */
+		for (size_t i = 0; i < cfg->n_hosts && i < 64; i++)
+			if (w->room_known[i] && w->room[i] < e->size)
+				full |= (uint64_t)1 << i;
 		targets = router_replica_targets(cfg, a->d->shared, origin, (size_t)cat, e->path,
-						 &e->hash,
-						 w->down);
+						 &e->hash, w->down | full);
 		if ((targets >> self_index(cfg)) & 1) {
 			add_candidate(w, (size_t)cat, e->path, &e->hash, FETCH_PRIO_NORMAL, true,
 				      0);
@@ -599,6 +606,26 @@ static bool broadcast_turn(struct autosync *a, struct remote_walk *w, const stru
 	return false;
 }
 
+/* What every host can still take, as its last manifest said (this node: its cache now). */
+static void note_rooms(struct autosync *a, struct remote_walk *w)
+{
+	int self = self_index(a->cfg);
+
+	for (size_t i = 0; a->d->peers && i < a->cfg->n_hosts && i < 64; i++) {
+		struct peer_status ps = { 0 };
+
+		if ((int)i == self)
+			continue;
+		peers_status(a->d->peers, i, &ps);
+		w->room_known[i] = ps.room_known;
+		w->room[i] = ps.room;
+	}
+	if (self >= 0 && self < 64 && a->d->cache) {
+		w->room_known[self] = true;
+		w->room[self] = cache_room(a->d->cache);
+	}
+}
+
 static void drain_completed(struct autosync *a, bool *changed)
 {
 	struct completed *c;
@@ -632,6 +659,7 @@ static void pass(struct autosync *a)
 	memset(&rw, 0, sizeof(rw));
 	rw.a = a;
 	rw.down = hosts_down(a);
+	note_rooms(a, &rw);
 	rw.can_receive_any = cfg->auto_sync.enabled && !router_excluded(cfg, cfg->node) &&
 			     a->d->fetch;
 	rw.skip = a->cursor;

@@ -1330,6 +1330,35 @@ void cache_usage(struct cache *c, uint64_t *used, uint64_t *max)
 	pthread_mutex_unlock(&c->lock);
 }
 
+uint64_t cache_room(struct cache *c)
+{
+	uint64_t room = UINT64_MAX, evictable = 0, b;
+	struct statvfs sv;
+	struct disk d;
+
+	if (disk_read(c, &d) < 0)
+		return 0;
+	if (!d.limited && fstatvfs(c->dir_fd, &sv) == 0)
+		room = (uint64_t)sv.f_bavail * sv.f_frsize;
+	pthread_mutex_lock(&c->lock);
+	for (struct cache_file *f = c->lru_head; f; f = f->lru_next)
+		if (evictable_locked(c, f, false, &b))
+			evictable = add_sat(evictable, b);
+	if (c->max_size) {
+		uint64_t in_use = cache_sub_clamp(add_sat(c->used, c->reserved), evictable);
+
+		room = c->max_size > in_use ? c->max_size - in_use : 0;
+	}
+	if (d.limited) {
+		uint64_t have = add_sat(d.avail, evictable), want = add_sat(d.floor, c->reserved);
+		uint64_t disk_room = have > want ? have - want : 0;
+
+		room = disk_room < room ? disk_room : room;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return room;
+}
+
 /* ---- open and close ---- */
 
 static void cache_free(struct cache *c)

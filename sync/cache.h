@@ -137,6 +137,10 @@ int cache_set_pin(struct cache *c, const char *category, const char *path, bool 
 /* Bytes used by cache files and the limit (0 = none). */
 void cache_usage(struct cache *c, uint64_t *used, uint64_t *max);
 
+/* Bytes a new version could take now, counting what eviction would free (max_size and
+ * min_free both apply; the free disk space when neither is set); 0 on error. */
+uint64_t cache_room(struct cache *c);
+
 /*
  * meshfs check: re-verifies every present chunk of every cached version against its hash, and
  * every complete version's whole hash. A bad chunk is marked absent (a complete version becomes

@@ -418,6 +418,15 @@ static int manifest_row(void *arg, const struct cat_entry *e)
 }
 
 /* Refills ms->buf with the next lines. 0, or -errno (the stream is then cut short). */
+/* What this node could still take in its cache (replica targets leave out a host without
+ * room for the file, sync/autosync.c), capped to what JSON carries. */
+static uint64_t manifest_room(struct daemon *d)
+{
+	uint64_t room = d->cache ? cache_room(d->cache) : 0;
+
+	return room > (uint64_t)INT64_MAX ? (uint64_t)INT64_MAX : room;
+}
+
 static int manifest_fill(struct manifest_stream *ms)
 {
 	struct daemon *d = ms->s->d;
@@ -426,9 +435,10 @@ static int manifest_fill(struct manifest_stream *ms)
 	ms->len = ms->off = 0;
 	switch (ms->phase) {
 	case MS_HEADER:
-		ret = stream_line(ms, json_pack("{s:i,s:s,s:I,s:I}", "manifest", 1, "node",
+		ret = stream_line(ms, json_pack("{s:i,s:s,s:I,s:I,s:I}", "manifest", 1, "node",
 						d->cfg->node, "seq", (json_int_t)ms->head,
-						"since", (json_int_t)ms->since));
+						"since", (json_int_t)ms->since, "room",
+						(json_int_t)manifest_room(d)));
 		ms->phase = ms->since >= ms->head ? MS_TRAILER : MS_ENTRIES;
 		break;
 	case MS_ENTRIES:

@@ -541,7 +541,7 @@ static void handle_entry(struct pull *pl, json_t *o)
 static void handle_header(struct pull *pl, json_t *o)
 {
 	const char *node = json_str_of(o, "node");
-	json_int_t version = 0, seq = 0;
+	json_int_t version = 0, seq = 0, room = 0;
 
 	if (!json_int_of(o, "manifest", &version) || version != 1 || !json_int_of(o, "seq", &seq) ||
 	    seq < 0 || !node) {
@@ -555,6 +555,12 @@ static void handle_header(struct pull *pl, json_t *o)
 	}
 	pl->header_seen = true;
 	pl->header_seq = seq;
+	if (json_int_of(o, "room", &room) && room >= 0) {
+		pthread_mutex_lock(&pl->p->lock);
+		pl->pe->st.room = (uint64_t)room;
+		pl->pe->st.room_known = true;
+		pthread_mutex_unlock(&pl->p->lock);
+	}
 	if (seq < pl->since) {
 		pl->reset = true; /* not a failure: the caller starts over from 0 */
 		pull_fail(pl, -ESTALE, "manifest seq went back from %lld to %lld",

@@ -64,6 +64,8 @@ struct peer_status {
 	uint32_t consecutive_failures;	/* manifest pulls that failed in a row */
 	double throughput_bps;		/* bytes/s measured by fetches; 0 = unknown */
 	double rtt_s;			/* time to the first byte of its manifest pulls (EWMA) */
+	bool room_known;		/* its manifest said how much it can still take: */
+	uint64_t room;			/* bytes (its cache limit and free disk) */
 	char last_error[256];
 };
 
