@@ -497,24 +497,27 @@ static int remote_cb(void *arg, const struct cat_entry *e)
 	return 0;
 }
 
+struct listed {
+	const struct hash128 *hash;
+	bool listed;
+};
+
 static void listed_cb(void *arg, const struct cat_entry *e)
 {
-	const struct hash128 *want = ((const struct hash128 **)arg)[0];
-	bool *listed = ((bool **)arg)[1];
+	struct listed *l = arg;
 
-	*listed = !e->deleted && hash_equal(&e->hash, want);
+	l->listed = !e->deleted && hash_equal(&e->hash, l->hash);
 }
 
 /* Whether this node's manifest lists version @hash at (@cat, @path). */
 static bool replica_listed(struct autosync *a, size_t cat, const char *path,
 			   const struct hash128 *hash)
 {
-	bool listed = false;
-	void *args[2] = { (void *)hash, &listed };
+	struct listed l = { .hash = hash };
 
 	catalog_get(a->d->catalog, a->cfg->node, a->cfg->categories[cat].name, path, listed_cb,
-		    args);
-	return listed;
+		    &l);
+	return l.listed;
 }
 
 /* Asks for candidate @c if it is still the version shown and not here yet. Returns whether a

@@ -1203,6 +1203,17 @@ static struct cache_file *victim_locked(struct cache *c)
 	return NULL;
 }
 
+/* Bytes eviction could free now. c->lock held. */
+static uint64_t evictable_total_locked(struct cache *c)
+{
+	uint64_t total = 0, b;
+
+	for (struct cache_file *f = c->lru_head; f; f = f->lru_next)
+		if (evictable_locked(c, f, false, &b))
+			total = add_sat(total, b);
+	return total;
+}
+
 int cache_reserve(struct cache *c, uint64_t bytes)
 {
 	struct disk d;
@@ -1227,10 +1238,7 @@ int cache_reserve(struct cache *c, uint64_t bytes)
 	/* Evicting: persist_lock first, as the catalog rows of the victims go too. */
 	pthread_mutex_lock(&c->persist_lock);
 	pthread_mutex_lock(&c->lock);
-	for (struct cache_file *f = c->lru_head; f; f = f->lru_next) {
-		if (evictable_locked(c, f, false, &b))
-			evictable += b;
-	}
+	evictable = evictable_total_locked(c);
 	if (!fits_locked(c, bytes, &d, cache_sub_clamp(c->used, evictable), evictable)) {
 		log_msg(LOG_INFO, "cache: no room for %llu bytes even after evicting %llu",
 			(unsigned long long)bytes, (unsigned long long)evictable);
@@ -1332,7 +1340,7 @@ void cache_usage(struct cache *c, uint64_t *used, uint64_t *max)
 
 uint64_t cache_room(struct cache *c)
 {
-	uint64_t room = UINT64_MAX, evictable = 0, b;
+	uint64_t room = UINT64_MAX, evictable;
 	struct statvfs sv;
 	struct disk d;
 
@@ -1341,9 +1349,7 @@ uint64_t cache_room(struct cache *c)
 	if (!d.limited && fstatvfs(c->dir_fd, &sv) == 0)
 		room = (uint64_t)sv.f_bavail * sv.f_frsize;
 	pthread_mutex_lock(&c->lock);
-	for (struct cache_file *f = c->lru_head; f; f = f->lru_next)
-		if (evictable_locked(c, f, false, &b))
-			evictable = add_sat(evictable, b);
+	evictable = evictable_total_locked(c);
 	if (c->max_size) {
 		uint64_t in_use = cache_sub_clamp(add_sat(c->used, c->reserved), evictable);
 

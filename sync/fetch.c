@@ -62,6 +62,32 @@ void fetch_file_error(struct fetch_file *ff, const char *fmt, ...)
 	va_end(ap);
 }
 
+bool fetch_answer_waiter(struct completion **done, struct waiter *w, int err, int fd,
+			 const void *buf)
+{
+	struct completion *c = calloc(1, sizeof(*c));
+
+	if (c && buf) {
+		c->buf = malloc((size_t)w->len);
+		if (c->buf)
+			memcpy(c->buf, buf, (size_t)w->len);
+	}
+	if (!c || (buf && !c->buf)) {
+		free(c);
+		return false;
+	}
+	c->done = w->done;
+	c->cookie = w->cookie;
+	c->err = err;
+	c->fd = buf ? -1 : fd;
+	c->off = w->off;
+	c->len = (size_t)w->len;
+	c->next = *done;
+	*done = c;
+	free(w);
+	return true;
+}
+
 /* Moves every waiter of @ff whose range is present, or all of them with @err, to @done. */
 static void collect_waiters(struct fetch_file *ff, int err, struct completion **done)
 {
@@ -69,29 +95,17 @@ static void collect_waiters(struct fetch_file *ff, int err, struct completion **
 
 	while (*pp) {
 		struct waiter *w = *pp;
-		struct completion *c;
 
 		if (!err && !cache_file_range_present(ff->cf, w->off, w->len)) {
 			pp = &w->next;
 			continue;
 		}
 		*pp = w->next;
-		c = calloc(1, sizeof(*c));
-		if (!c) {
+		if (!fetch_answer_waiter(done, w, err, cache_file_fd(ff->cf), NULL)) {
 			/* Cannot defer it: the read would hang. Answer it from here. */
 			w->done(w->cookie, -ENOMEM, -1, NULL, w->off, 0);
 			free(w);
-			continue;
 		}
-		c->done = w->done;
-		c->cookie = w->cookie;
-		c->err = err;
-		c->fd = cache_file_fd(ff->cf);
-		c->off = w->off;
-		c->len = (size_t)w->len;
-		c->next = *done;
-		*done = c;
-		free(w);
 	}
 }
 
@@ -1004,7 +1018,6 @@ static void expire_locked(struct fetch *f, struct completion **done)
 
 		while (*pp) {
 			struct waiter *w = *pp;
-			struct completion *c;
 
 			if (w->deadline_ns > now) {
 				pp = &w->next;
@@ -1018,19 +1031,10 @@ static void expire_locked(struct fetch *f, struct completion **done)
 				   f->cfg->auto_sync.read_deadline_seconds,
 				   last[0] ? "; last error: " : "", last);
 			cache_set_error(f->cache, ff->category, ff->path, ff->last_error);
-			c = calloc(1, sizeof(*c));
-			if (c) {
-				c->done = w->done;
-				c->cookie = w->cookie;
-				c->err = -ETIMEDOUT;
-				c->fd = -1;
-				c->off = w->off;
-				c->next = *done;
-				*done = c;
-			} else {
+			if (!fetch_answer_waiter(done, w, -ETIMEDOUT, -1, NULL)) {
 				w->done(w->cookie, -ETIMEDOUT, -1, NULL, w->off, 0);
+				free(w);
 			}
-			free(w);
 		}
 	}
 }

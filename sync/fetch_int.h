@@ -157,6 +157,13 @@ struct completion {
 	size_t len;
 };
 
+/*
+ * Queues on @done the answer to parked read @w (taken off its list by the caller): @err, or its
+ * bytes in @fd, or a copy of its w->len bytes at @buf. Frees @w and returns true; returns false
+ * (nothing queued, @w untouched) when out of memory. f->lock held.
+ */
+bool fetch_answer_waiter(struct completion **done, struct waiter *w, int err, int fd,
+			 const void *buf);
 /* Bytes of chunk @idx of @ff. */
 size_t fetch_chunk_len(const struct fetch_file *ff, size_t idx);
 /* Whether no chunk that [@off, @off + @len) touches is present or on its way. Lock held. */

@@ -161,30 +161,16 @@ void fetch_probe_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 	}
 	for (struct waiter **pp = &ff->waiters; ret == 0 && *pp;) {
 		struct waiter *w = *pp;
-		struct completion *c;
 
 		if (w->off < x->probe_off || w->off + w->len > x->probe_off + x->probe_len) {
 			pp = &w->next;
 			continue;
 		}
-		c = calloc(1, sizeof(*c));
-		if (c)
-			c->buf = malloc((size_t)w->len);
-		if (!c || !c->buf) {
-			free(c);
-			pp = &w->next; /* its chunk answers it */
-			continue;
-		}
-		memcpy(c->buf, x->buf + (w->off - x->probe_off), (size_t)w->len);
-		c->done = w->done;
-		c->cookie = w->cookie;
-		c->fd = -1;
-		c->off = w->off;
-		c->len = (size_t)w->len;
-		c->next = *done;
-		*done = c;
 		*pp = w->next;
-		free(w);
+		if (!fetch_answer_waiter(done, w, 0, -1, x->buf + (w->off - x->probe_off))) {
+			*pp = w; /* no memory: its chunk answers it */
+			pp = &w->next;
+		}
 	}
 	pthread_mutex_unlock(&f->lock);
 }
