@@ -546,7 +546,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	ret = fetch_read(h->ff, (uint64_t)off, size, read_done, req, &fd);
-	if (ret == 0)
+	if (ret == 0 && fd < 0)
+		fuse_reply_buf(req, NULL, 0); /* past the end of a version not cached at all */
+	else if (ret == 0)
 		reply_from_fd(req, fd, off, size);
 	else if (ret != -EINPROGRESS)
 		fuse_reply_err(req, EIO);

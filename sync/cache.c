@@ -523,6 +523,27 @@ int cache_persist_present(struct cache *c, struct cache_file *f, const struct ca
 
 /* ---- handles ---- */
 
+int cache_file_find(struct cache *c, const char *category, const char *path,
+		    const struct hash128 *hash, uint64_t size, struct cache_file **out)
+{
+	struct cache_name *n;
+	struct cache_file *f;
+	int ret = -ENOENT;
+
+	if (!c || !valid_file_key(category, path) || !hash || !out)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	n = names_find(c, category, path, strlen(path));
+	f = n ? n->file : NULL;
+	if (f && hash_equal(&f->hash, hash) && f->size == size) {
+		ret = cache_file_ref_locked(c, f);
+		if (ret == 0)
+			*out = f;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
 int cache_file_get(struct cache *c, const char *category, const char *path,
 		   const struct hash128 *hash, uint64_t size, struct cache_file **out)
 {
@@ -537,16 +558,9 @@ int cache_file_get(struct cache *c, const char *category, const char *path,
 		goto out;
 	/* The common case, an open of what is cached already, needs neither the catalog nor
 	 * persist_lock (a writer may hold that across a catalog call). */
-	pthread_mutex_lock(&c->lock);
-	n = names_find(c, category, path, strlen(path));
-	f = n ? n->file : NULL;
-	if (f && hash_equal(&f->hash, hash) && f->size == size) {
-		ret = cache_file_ref_locked(c, f);
-		got = ret == 0;
-	}
-	pthread_mutex_unlock(&c->lock);
-	if (got)
-		goto out;
+	ret = cache_file_find(c, category, path, hash, size, out);
+	if (ret != -ENOENT)
+		return ret;
 	ret = -ENOMEM;
 	fresh_name = cache_name_new(category, path);
 	fresh_file = cache_file_new(c, hash, size);

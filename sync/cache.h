@@ -66,6 +66,14 @@ void cache_close(struct cache *c);
  */
 int cache_file_get(struct cache *c, const char *category, const char *path,
 		   const struct hash128 *hash, uint64_t size, struct cache_file **out);
+
+/*
+ * Like cache_file_get() when (category, path) has version @hash cached already (whole or in
+ * part); -ENOENT when it has not, and then nothing is created. Touches neither the disk nor
+ * the catalog: cheap enough for an open().
+ */
+int cache_file_find(struct cache *c, const char *category, const char *path,
+		    const struct hash128 *hash, uint64_t size, struct cache_file **out);
 void cache_file_put(struct cache_file *f);
 
 /* The version's hash and size. */

@@ -33,6 +33,7 @@ struct circuit {
 	uint32_t max_factor;
 	uint32_t jitter_pct;
 	int64_t probe_timeout_ns;
+	int64_t hint_gap_ns;
 	/* protected by lock: */
 	enum circuit_state state;
 	uint32_t failures;
@@ -52,6 +53,7 @@ void circuit_params_default(struct circuit_params *p)
 		.max_factor = CIRCUIT_DEFAULT_MAX_FACTOR,
 		.jitter_pct = CIRCUIT_DEFAULT_JITTER_PCT,
 		.probe_timeout_ns = 0,
+		.hint_gap_ns = CIRCUIT_DEFAULT_HINT_GAP_NS,
 		.seed = 0,
 	};
 }
@@ -63,7 +65,7 @@ int circuit_new(const struct circuit_params *params, struct circuit **out)
 
 	if (!params || !out || params->failure_threshold < 1 || params->recovery_ns <= 0 ||
 	    params->max_factor < 1 || params->jitter_pct > CIRCUIT_MAX_JITTER_PCT ||
-	    params->probe_timeout_ns < 0)
+	    params->probe_timeout_ns < 0 || params->hint_gap_ns < 0)
 		goto out;
 	ret = -ENOMEM;
 	c = calloc(1, sizeof(*c));
@@ -75,6 +77,7 @@ int circuit_new(const struct circuit_params *params, struct circuit **out)
 	c->max_factor = params->max_factor;
 	c->jitter_pct = params->jitter_pct;
 	c->probe_timeout_ns = params->probe_timeout_ns;
+	c->hint_gap_ns = params->hint_gap_ns;
 	c->state = CIRCUIT_CLOSED;
 	/* Without a seed, the address keeps the circuits of one process apart (and ASLR those
 	 * of different processes). */
@@ -234,7 +237,7 @@ bool circuit_expedite(struct circuit *c, int64_t now_ns)
 
 	pthread_mutex_lock(&c->lock);
 	if (c->state == CIRCUIT_OPEN) {
-		earliest = add_sat(c->opened_at, c->recovery_ns);
+		earliest = add_sat(c->opened_at, c->hint_gap_ns);
 		if (earliest < now_ns)
 			earliest = now_ns;
 		if (earliest < c->retry_at)

@@ -35,6 +35,7 @@ enum circuit_state {
 #define CIRCUIT_DEFAULT_RECOVERY_NS (60LL * 1000000000LL)
 #define CIRCUIT_DEFAULT_MAX_FACTOR 16
 #define CIRCUIT_DEFAULT_JITTER_PCT 10
+#define CIRCUIT_DEFAULT_HINT_GAP_NS (2LL * 1000000000LL)
 
 struct circuit_params {
 	unsigned failure_threshold;	/* consecutive failures that open it; >= 1 */
@@ -47,6 +48,12 @@ struct circuit_params {
 	 * or given back with circuit_abandon()).
 	 */
 	int64_t probe_timeout_ns;
+	/*
+	 * A hint from the host (circuit_expedite) lets the probe go no sooner than this after the
+	 * circuit last (re)opened: what a host that keeps saying "I am back" while failing can
+	 * cost. >= 0.
+	 */
+	int64_t hint_gap_ns;
 	uint64_t seed;			/* of the jitter; 0 = one of its own */
 };
 
@@ -63,7 +70,10 @@ struct circuit_info {
 	uint64_t opens;			/* closed -> open transitions since it was made */
 };
 
-/* Fills @p with the defaults above (threshold 5, recovery 60 s, cap 16×, ±10%, no timeout). */
+/*
+ * Fills @p with the defaults above (threshold 5, recovery 60 s, cap 16×, ±10%, no timeout,
+ * hints 2 s apart).
+ */
 void circuit_params_default(struct circuit_params *p);
 
 /*
@@ -106,10 +116,11 @@ void circuit_abandon(struct circuit *c, int64_t now_ns);
 
 /*
  * The host said it is back (it sent us a request): an open circuit's wait is cut short to
- * recovery_ns after it last (re)opened, or to @now_ns if that is already past — never made
- * longer. So hints cost at most one probe per recovery_ns, and one that comes too early is
- * not lost. Returns true when a probe may go now (circuit_allow will let it through); false
- * when not open, or when the probe has to wait until circuit_get()'s retry_at.
+ * hint_gap_ns after it last (re)opened, or to @now_ns if that is already past — never made
+ * longer. So hints cost at most one probe per hint_gap_ns however long the backed-off wait
+ * has grown, and one that comes too early is not lost. Returns true when a probe may go now
+ * (circuit_allow will let it through); false when not open, or when the probe has to wait
+ * until circuit_get()'s retry_at.
  */
 bool circuit_expedite(struct circuit *c, int64_t now_ns);
 

@@ -328,6 +328,13 @@ int daemon_start(const struct mfs_config *cfg, int lock_fd, struct daemon **out,
 					      "set listen or data_server_port)" : "");
 		goto fail;
 	}
+	{
+		/* Listening: peers that gave up on this node while it was away may ask again. */
+		int64_t seq = 0;
+
+		if (catalog_max_seq(d->catalog, cfg->node, &seq) == 0)
+			peers_hello(d->peers, seq);
+	}
 	ret = control_start(d, &d->control);
 	if (ret < 0) {
 		snprintf(err, errlen, "control socket in %s: %s", cfg->state_dir, strerror(-ret));

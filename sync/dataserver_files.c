@@ -46,6 +46,8 @@
 #define CHUNKS_TRIES 3
 /* Block hashes sent with one range at most: one chunk's worth (docs/protocol.md). */
 #define FILES_MAX_BLOCKS HASH_BLOCKS_PER_CHUNK
+/* Ranges up to this are read into memory and sent with the header (small_range_response). */
+#define FILES_SMALL_RANGE (256 * 1024)
 
 /* ---- versions: ETag, If-Match ---- */
 
@@ -557,6 +559,32 @@ static char *blocks_header(struct dataserver *s, struct MHD_Connection *conn, si
 	return out;
 }
 
+/*
+ * A response with the @len bytes at @first of @fd read into memory, which MHD sends in one
+ * write with the header: a small range (a probe, a random read) then reaches the client in one
+ * piece, where sendfile() sends the header and the body apart and wakes the client twice.
+ * NULL with *err = -errno when the read fails (-EIO: it came up short, the file changed),
+ * NULL with *err = 0 when out of memory.
+ */
+static struct MHD_Response *small_range_response(int fd, uint64_t first, uint64_t len, int *err)
+{
+	struct MHD_Response *resp;
+	char *buf = malloc((size_t)len);
+
+	*err = 0;
+	if (!buf)
+		return NULL;
+	*err = pread_full(fd, buf, (size_t)len, first);
+	if (*err) {
+		free(buf);
+		return NULL;
+	}
+	resp = MHD_create_response_from_buffer((size_t)len, buf, MHD_RESPMEM_MUST_FREE);
+	if (!resp)
+		free(buf);
+	return resp;
+}
+
 enum MHD_Result dataserver_route_files(struct dataserver *s, struct request *rq,
 				       struct MHD_Connection *conn, const char *raw)
 {
@@ -595,6 +623,12 @@ enum MHD_Result dataserver_route_files(struct dataserver *s, struct request *rq,
 		blocks = blocks_header(s, conn, cat_idx, path, &e, first, len);
 	if (len == 0) {
 		resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+	} else if (len <= FILES_SMALL_RANGE) {
+		resp = small_range_response(fd, first, len, &err);
+		if (!resp && err) {
+			ret = dataserver_respond_errno(s, rq, conn, err);
+			goto out;
+		}
 	} else {
 		/* MHD owns the fd from here (closed with the response) and sends it with
 		 * sendfile. */

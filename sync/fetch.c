@@ -11,7 +11,14 @@
  * whose range is now complete is answered. All callbacks run with no lock held.
  *
  * A read at a place the version is not being read in order also gets a probe of its few
- * 64 KiB blocks, answered before its chunk is here: see fetch_probe.c.
+ * 64 KiB blocks, answered before its chunk is here: see fetch_probe.c. What a reader waits for
+ * comes first in three more ways: an open touches neither disk nor catalog (the cache file of
+ * a version not cached yet is made by the fetch thread before its first chunk or chunk list is
+ * asked for, not while a probe of it is out unless probes have kept coming for 10 ms); a probe
+ * goes out in the same loop round that started it; and for FETCH_QUIET_NS after a probe
+ * answered a read, background work (making cache files, chunk lists, chunks not read,
+ * whole-file checks) waits unless a reader is parked, so it does not take the CPU and the
+ * source from the reader just answered.
  */
 #include "sync/fetch.h"
 #include "sync/fetch_int.h"
@@ -50,6 +57,15 @@ bool fetch_chunks_absent(const struct fetch_file *ff, uint64_t off, uint64_t len
 		if (ff->state[i] != CH_ABSENT)
 			return false;
 	return true;
+}
+
+/* Whether a reader wants one of chunks @first..@last now or next (read-ahead). Lock held. */
+static bool chunks_read_wanted(const struct fetch_file *ff, size_t first, size_t last)
+{
+	for (size_t i = first; i <= last; i++)
+		if (ff->want[i] >= FETCH_PRIO_AHEAD)
+			return true;
+	return false;
 }
 
 /* Records the last error of @ff (lock held) and in the cache, for user.meshfs.last_error. */
@@ -96,12 +112,12 @@ static void collect_waiters(struct fetch_file *ff, int err, struct completion **
 	while (*pp) {
 		struct waiter *w = *pp;
 
-		if (!err && !cache_file_range_present(ff->cf, w->off, w->len)) {
+		if (!err && (!ff->cf || !cache_file_range_present(ff->cf, w->off, w->len))) {
 			pp = &w->next;
 			continue;
 		}
 		*pp = w->next;
-		if (!fetch_answer_waiter(done, w, err, cache_file_fd(ff->cf), NULL)) {
+		if (!fetch_answer_waiter(done, w, err, ff->cf ? cache_file_fd(ff->cf) : -1, NULL)) {
 			/* Cannot defer it: the read would hang. Answer it from here. */
 			w->done(w->cookie, -ENOMEM, -1, NULL, w->off, 0);
 			free(w);
@@ -136,6 +152,26 @@ static bool file_wanted(const struct fetch_file *ff)
 }
 
 /* ------------------------------------------------------------------ files */
+
+/* @ff's cache file, or NULL while it has none yet. Any thread, with or without the lock. */
+static struct cache_file *file_cf(const struct fetch_file *ff)
+{
+	return __atomic_load_n(&ff->cf, __ATOMIC_ACQUIRE);
+}
+
+/* Takes @cf as @ff's cache file and what it holds as @ff's state. Lock held. */
+static void file_set_cf_locked(struct fetch_file *ff, struct cache_file *cf)
+{
+	struct hash128 first;
+
+	for (size_t i = 0; i < ff->nchunks; i++)
+		if (cache_file_chunk_present(cf, i))
+			ff->state[i] = CH_PRESENT;
+	/* Chunk hashes kept from an earlier fetch (or a restart) need not be asked again. */
+	ff->have_list = ff->nchunks == 0 || cache_file_chunk_hash(cf, 0, &first) == 0;
+	ff->complete = cache_file_complete(cf);
+	__atomic_store_n(&ff->cf, cf, __ATOMIC_RELEASE);
+}
 
 static void file_free(struct fetch_file *ff)
 {
@@ -177,7 +213,7 @@ static int file_get_locked(struct fetch *f, const struct ns_remote *r, struct fe
 {
 	struct fetch_file *ff = file_find(f, &r->hash);
 	const char *category = f->cfg->categories[r->cat_idx].name;
-	struct hash128 first;
+	struct cache_file *cf = NULL;
 	int ret;
 
 	if (ff) {
@@ -202,15 +238,13 @@ static int file_get_locked(struct fetch *f, const struct ns_remote *r, struct fe
 		ret = -ENOMEM;
 		goto fail;
 	}
-	ret = cache_file_get(f->cache, category, r->path, &r->hash, r->size, &ff->cf);
-	if (ret < 0)
+	/* What is cached already is used at once; a new cache file waits for the fetch thread
+	 * (make_cache_file). */
+	ret = cache_file_find(f->cache, category, r->path, &r->hash, r->size, &cf);
+	if (ret == 0)
+		file_set_cf_locked(ff, cf);
+	else if (ret != -ENOENT)
 		goto fail;
-	for (size_t i = 0; i < ff->nchunks; i++)
-		if (cache_file_chunk_present(ff->cf, i))
-			ff->state[i] = CH_PRESENT;
-	/* Chunk hashes kept from an earlier fetch (or a restart) need not be asked again. */
-	ff->have_list = ff->nchunks == 0 || cache_file_chunk_hash(ff->cf, 0, &first) == 0;
-	ff->complete = cache_file_complete(ff->cf);
 	ff->refs = 1;
 	ff->next = f->files;
 	f->files = ff;
@@ -266,15 +300,17 @@ int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn do
 	size_t first, last;
 	bool sequential;
 
+	struct cache_file *cf = file_cf(ff);
+
 	if (off >= ff->size || len == 0) {
-		*fd = cache_file_fd(ff->cf);
+		*fd = cf ? cache_file_fd(cf) : -1;
 		return 0; /* EOF: an empty reply */
 	}
 	if (len > ff->size - off)
 		len = (size_t)(ff->size - off);
-	if (cache_file_range_present(ff->cf, off, len)) {
-		*fd = cache_file_fd(ff->cf);
-		cache_file_touch(ff->cf);
+	if (cf && cache_file_range_present(cf, off, len)) {
+		*fd = cache_file_fd(cf);
+		cache_file_touch(cf);
 		pthread_mutex_lock(&f->lock);
 		ff->last_read_end = off + len;
 		pthread_mutex_unlock(&f->lock);
@@ -299,9 +335,12 @@ int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn do
 	}
 	sequential = off == ff->last_read_end && off > 0;
 	ff->last_read_end = off + len;
-	/* A probe only where nothing is on its way yet: a chunk in flight comes soon enough. */
-	w->probe = !sequential && len <= FETCH_PROBE_MAX &&
-		   fetch_chunks_absent(ff, off, len);
+	/*
+	 * A probe only where nothing is on its way yet: a chunk in flight, or one another reader
+	 * wants (it starts as soon as the version's cache file is made), comes soon enough.
+	 */
+	w->probe = !sequential && len <= FETCH_PROBE_MAX && fetch_chunks_absent(ff, off, len) &&
+		   !chunks_read_wanted(ff, first, last);
 	for (size_t i = first; i <= last; i++)
 		ff->want[i] = FETCH_PRIO_READ;
 	if (sequential)
@@ -635,8 +674,11 @@ int fetch_xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t ch
 	curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(x->easy, CURLOPT_LOW_SPEED_TIME, (long)FETCH_STALL_SECONDS);
 	curl_easy_setopt(x->easy, CURLOPT_PROTOCOLS_STR, "http");
-	/* Large receive buffers: fewer callbacks and poll rounds per 4 MiB chunk. */
-	curl_easy_setopt(x->easy, CURLOPT_BUFFERSIZE, (long)FETCH_RECV_BUFFER);
+	/* Large receive buffers: fewer callbacks and poll rounds per 4 MiB chunk. A probe's or
+	 * a list's would cost more than it saves (curl allocates it for every transfer, and one
+	 * this large is a fresh mmap whose pages fault in as they are written). */
+	curl_easy_setopt(x->easy, CURLOPT_BUFFERSIZE,
+			 (long)(chunk < XFER_PROBE ? FETCH_RECV_BUFFER : FETCH_SMALL_RECV_BUFFER));
 	if (chunk == XFER_PROBE) {
 		char range[64];
 
@@ -673,6 +715,8 @@ int fetch_xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t ch
 	if (chunk == XFER_LIST) {
 		ff->list_inflight = true;
 	} else if (chunk == XFER_PROBE) {
+		if (ff->n_probes == 0)
+			ff->probing_since = x->started_ns;
 		ff->probes[ff->n_probes++] = *probe;
 	} else {
 		ff->state[chunk] = CH_INFLIGHT;
@@ -738,21 +782,39 @@ static void promote_read_chunks_locked(struct fetch *f)
 			x->limited = false;
 }
 
-/* Starts what is most wanted, within the limits. Lock held. */
-static void schedule_locked(struct fetch *f, struct completion **done)
+/*
+ * Whether background work waits: for FETCH_QUIET_NS after a probe answered a read, unless a
+ * reader is waiting. Making a cache file, asking for a chunk list, starting a chunk and
+ * checking a whole file all take CPU and the source's attention; right after a probe they
+ * would compete with the reader it just answered (and with its next request) for both. Lock
+ * held; fetch thread.
+ */
+static bool fetch_quiet(struct fetch *f)
 {
+	return f->quiet_until && mono_ns() < f->quiet_until && !readers_waiting(f);
+}
+
+/*
+ * Starts what is most wanted, within the limits; while @quiet, only probes. Returns whether it
+ * started a probe. Lock held.
+ */
+static bool schedule_locked(struct fetch *f, bool quiet, struct completion **done)
+{
+	bool probed;
+
 	drop_abandoned_locked(f);
 	promote_read_chunks_locked(f);
-	fetch_start_probes_locked(f);
-	for (;;) {
+	probed = fetch_start_probes_locked(f);
+	for (; !quiet;) {
 		struct fetch_file *best_ff = NULL;
 		size_t best_chunk = 0;
 		int best_prio = 0;
 
 		if (f->active >= FETCH_MAX_XFERS + 2)
-			return;
+			return probed;
 		for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
-			if (ff->finishing)
+			/* No cache file yet: nothing but a probe starts (make_cache_file first). */
+			if (ff->finishing || !ff->cf)
 				continue;
 			if (!ff->have_list) {
 				int prio = 0;
@@ -778,16 +840,16 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 			}
 		}
 		if (!best_ff)
-			return;
+			return probed;
 		/* Readers may go past the limit a little; background work never does. */
 		if (best_prio < FETCH_PRIO_AHEAD && f->active >= FETCH_MAX_XFERS)
-			return;
+			return probed;
 		if (best_prio <= FETCH_PRIO_BACKGROUND &&
 		    f->active_background >= FETCH_MAX_BACKGROUND)
-			return;
+			return probed;
 		/* Background completion waits while a reader does: its chunk gets the link. */
 		if (best_prio <= FETCH_PRIO_BACKGROUND && readers_waiting(f))
-			return;
+			return probed;
 
 		uint64_t bytes =
 		    best_chunk == XFER_LIST ? 4096 : fetch_chunk_len(best_ff, best_chunk);
@@ -796,7 +858,7 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 		    fetch_pick_source(f, best_ff, 0, bytes, best_chunk == XFER_LIST ? NULL : &busy);
 
 		if (host < 0 && busy)
-			return; /* its sources are at their limit: when a transfer ends */
+			return probed; /* its sources are at their limit: when a transfer ends */
 		if (host < 0) {
 			/* Nobody left who holds these bytes: every reader of them fails. */
 			char last[sizeof(best_ff->last_error)];
@@ -835,6 +897,7 @@ static void schedule_locked(struct fetch *f, struct completion **done)
 			}
 		}
 	}
+	return probed;
 }
 
 /* Parses the chunk list answer of @x into the cache file. Returns 0 or -errno. */
@@ -1043,7 +1106,7 @@ static void expire_locked(struct fetch *f, struct completion **done)
 static struct fetch_file *next_to_finish_locked(struct fetch *f)
 {
 	for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
-		bool all = !ff->complete && !ff->finishing && ff->have_list;
+		bool all = ff->cf && !ff->complete && !ff->finishing && ff->have_list;
 
 		for (size_t i = 0; all && i < ff->nchunks; i++)
 			all = ff->state[i] == CH_PRESENT;
@@ -1071,6 +1134,21 @@ static int resume_in_ms(struct fetch *f)
 	return wait > FETCH_POLL_MS ? FETCH_POLL_MS : (int)wait;
 }
 
+/* How long the fetch thread may wait for sockets: until the quiet time is over or a paused
+ * transfer may go on, at most FETCH_POLL_MS. */
+static int poll_ms(struct fetch *f, bool quiet)
+{
+	int ms = f->n_paused ? resume_in_ms(f) : FETCH_POLL_MS;
+
+	if (quiet) {
+		int64_t left = (f->quiet_until - mono_ns()) / 1000000 + 1;
+
+		if (left < ms)
+			ms = (int)left;
+	}
+	return ms;
+}
+
 /* Resumes the paused transfers whose buckets have refilled. Fetch thread only. */
 static void resume_paused(struct fetch *f)
 {
@@ -1093,6 +1171,56 @@ static void resume_paused(struct fetch *f)
 	}
 }
 
+/*
+ * A version that is wanted but has no cache file yet, with a reference; or NULL. One with a
+ * probe in flight waits for it: the probe's answer is what a reader waits for, and making the
+ * file (a file, a catalog row) would hold the thread that answers it. Not for longer than
+ * FETCH_PROBE_HEAD_NS of probes one after the other, though: readers at random places keep
+ * probes out all the time, and the version must still get its chunks and complete. Lock held.
+ */
+static struct fetch_file *next_to_create_locked(struct fetch *f)
+{
+	int64_t now = mono_ns();
+
+	for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
+		if (ff->n_probes && now - ff->probing_since < FETCH_PROBE_HEAD_NS)
+			continue;
+		if (!ff->cf && (ff->background || file_wanted(ff))) {
+			ff->refs++;
+			return ff;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Makes the cache file of @ff, which next_to_create_locked() gave with a reference (dropped
+ * here). When that fails, @ff's readers get EIO and nothing of it is wanted any more (a new
+ * read tries again). Fetch thread, no lock held.
+ */
+static void make_cache_file(struct fetch *f, struct fetch_file *ff, struct completion **done)
+{
+	struct cache_file *cf = NULL;
+	int ret = cache_file_get(f->cache, ff->category, ff->path, &ff->hash, ff->size, &cf);
+
+	pthread_mutex_lock(&f->lock);
+	if (ret == 0) {
+		file_set_cf_locked(ff, cf);
+		collect_waiters(ff, 0, done); /* the cache may have had some of it meanwhile */
+	} else {
+		fetch_file_error(ff, "cannot make its cache file: %s", strerror(-ret));
+		log_msg(LOG_WARNING, "fetch %s/%s: %s", ff->category, ff->path, ff->last_error);
+		clear_want(ff);
+		collect_waiters(ff, -EIO, done);
+		if (ff->background) {
+			ff->background = false;
+			file_unref_locked(f, ff); /* not the last: ours is still held */
+		}
+	}
+	file_unref_locked(f, ff);
+	pthread_mutex_unlock(&f->lock);
+}
+
 static void *fetch_main(void *arg)
 {
 	struct fetch *f = arg;
@@ -1100,7 +1228,8 @@ static void *fetch_main(void *arg)
 	pthread_setname_np(pthread_self(), "meshfs-fetch");
 	for (;;) {
 		struct completion *done = NULL;
-		struct fetch_file *fin;
+		struct fetch_file *fin, *make;
+		bool quiet, probed;
 		CURLMsg *msg;
 		int running, left;
 
@@ -1110,8 +1239,10 @@ static void *fetch_main(void *arg)
 			break;
 		}
 		expire_locked(f, &done);
-		schedule_locked(f, &done);
-		fin = next_to_finish_locked(f);
+		quiet = fetch_quiet(f);
+		probed = schedule_locked(f, quiet, &done);
+		fin = quiet ? NULL : next_to_finish_locked(f);
+		make = fin || quiet ? NULL : next_to_create_locked(f);
 		pthread_mutex_unlock(&f->lock);
 		run_completions(done);
 		done = NULL;
@@ -1122,9 +1253,15 @@ static void *fetch_main(void *arg)
 			pthread_mutex_unlock(&f->lock);
 			continue;
 		}
+		if (make) {
+			make_cache_file(f, make, &done);
+			run_completions(done);
+			continue;
+		}
 
-		curl_multi_poll(f->multi, NULL, 0, f->n_paused ? resume_in_ms(f) : FETCH_POLL_MS,
-				NULL);
+		/* A probe just started goes out now: a reader waits for it. */
+		if (!probed)
+			curl_multi_poll(f->multi, NULL, 0, poll_ms(f, quiet), NULL);
 		resume_paused(f);
 		curl_multi_perform(f->multi, &running);
 		while ((msg = curl_multi_info_read(f->multi, &left))) {

@@ -81,7 +81,8 @@ void fetch_close(struct fetch_file *ff);
 
 /*
  * Asks for [@off, @off+@len) (clipped to the size). When it is all here already, returns 0 and
- * the fd to read it from in *fd. Otherwise returns -EINPROGRESS and @done is called later, once,
+ * the fd to read it from in *fd (-1 at or past the end of a version with nothing cached: the
+ * answer is empty). Otherwise returns -EINPROGRESS and @done is called later, once,
  * from the fetch thread. Other -errno: nothing was parked.
  */
 int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn done,

@@ -27,9 +27,14 @@
 #define FETCH_EPHEMERAL_PENALTY 1.5	/* ephemeral sources: their expected time counts more */
 #define FETCH_MAX_CHUNK_LIST (1u << 20)
 #define FETCH_RECV_BUFFER (512 * 1024)
+/* Probes and chunk lists: a 64 KiB block and its response header in one read, and still below
+ * malloc's mmap threshold (128 KiB). */
+#define FETCH_SMALL_RECV_BUFFER (96 * 1024)
 #define FETCH_STAGE (1024 * 1024)	/* bytes of a chunk gathered per write to the cache */
 #define FETCH_MAX_PROBES 4		/* probes in flight per version */
 #define FETCH_PROBE_MAX (1024 * 1024)	/* reads longer than this wait for their chunks */
+#define FETCH_QUIET_NS (2 * 1000000LL)	/* after a probe answered a read: see fetch_quiet */
+#define FETCH_PROBE_HEAD_NS (10 * 1000000LL) /* see next_to_create_locked */
 
 /* xfer.chunk of the transfers that are not a chunk */
 #define XFER_LIST SIZE_MAX		/* the chunk hash list */
@@ -66,6 +71,12 @@ struct fetch_file {
 	char *path;
 	uint64_t size;
 	size_t nchunks;
+	/*
+	 * The cache file: found at open when the cache has the version already, else made by
+	 * the fetch thread before the first chunk is asked for (a probe needs none), so an open
+	 * costs no file creation and no catalog write. Set once, under f->lock, and read
+	 * without it by fetch_read(): use fetch_file_cf().
+	 */
 	struct cache_file *cf;
 	/* Under f->lock: */
 	uint8_t *state;			/* enum chunk_state per chunk */
@@ -77,6 +88,7 @@ struct fetch_file {
 	uint64_t no_probe;		/* sources that sent no block hashes: not probed */
 	struct probe_range probes[FETCH_MAX_PROBES];	/* in flight */
 	int n_probes;
+	int64_t probing_since;		/* mono_ns: since when n_probes > 0 */
 	uint64_t sources;		/* hosts that hold it */
 	uint64_t dropped;		/* sources that failed it */
 	uint64_t avoid;			/* sources used only when no other is left */
@@ -139,6 +151,7 @@ struct fetch {
 	struct bucket all_bw;		/* auto_sync.bandwidth_limit_mbps */
 	struct bucket host_bw[64];	/* per host */
 	int n_paused;
+	int64_t quiet_until;		/* mono_ns: background work waits (fetch_quiet) */
 
 	/* Under lock (set once, early): */
 	fetch_complete_fn complete;
@@ -181,8 +194,9 @@ int fetch_xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t ch
 
 /* fetch_probe.c: libcurl's header callback of a probe (keeps X-Meshfs-Blocks). */
 size_t fetch_probe_header(char *data, size_t size, size_t nmemb, void *arg);
-/* Starts a probe for each parked read that wants one and has none covering it. Lock held. */
-void fetch_start_probes_locked(struct fetch *f);
+/* Starts a probe for each parked read that wants one and has none covering it; whether it
+ * started any. Lock held. */
+bool fetch_start_probes_locked(struct fetch *f);
 /* Handles a finished probe (see fetch_probe.c). Called without the lock; takes it. */
 void fetch_probe_done(struct fetch *f, struct xfer *x, CURLcode rc, struct completion **done);
 

@@ -19,6 +19,7 @@
 
 #include "sync/fetch_int.h"
 #include "sync/log.h"
+#include "sync/util.h"
 
 /* Keeps the X-Meshfs-Blocks header of a probe's answer. */
 size_t fetch_probe_header(char *data, size_t size, size_t nmemb, void *arg)
@@ -53,8 +54,10 @@ static bool probe_covers(const struct fetch_file *ff, uint64_t off, uint64_t len
 }
 
 /* Starts a probe for each parked read that wants one and has none covering it. Lock held. */
-void fetch_start_probes_locked(struct fetch *f)
+bool fetch_start_probes_locked(struct fetch *f)
 {
+	bool started = false;
+
 	for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
 		for (struct waiter *w = ff->waiters; w; w = w->next) {
 			struct probe_range pr;
@@ -74,11 +77,13 @@ void fetch_start_probes_locked(struct fetch *f)
 			      HASH_BLOCK_SIZE;
 			pr.len = (end > ff->size ? ff->size : end) - pr.off;
 			host = fetch_pick_source(f, ff, ff->no_probe, pr.len, NULL);
-			if (host >= 0)
-				fetch_xfer_start(f, ff, host, XFER_PROBE, &pr, false, false);
+			if (host >= 0 &&
+			    fetch_xfer_start(f, ff, host, XFER_PROBE, &pr, false, false) == 0)
+				started = true;
 			/* No source, or no memory: the read waits for its chunk, which says why. */
 		}
 	}
+	return started;
 }
 
 /*
@@ -170,7 +175,9 @@ void fetch_probe_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 		if (!fetch_answer_waiter(done, w, 0, -1, x->buf + (w->off - x->probe_off))) {
 			*pp = w; /* no memory: its chunk answers it */
 			pp = &w->next;
+			continue;
 		}
+		f->quiet_until = mono_ns() + FETCH_QUIET_NS;
 	}
 	pthread_mutex_unlock(&f->lock);
 }

@@ -40,9 +40,13 @@
  *   we need works (a health answer from a host whose manifest fails would close the circuit
  *   for nothing), and its success brings this node up to date at once. Only the peers thread
  *   probes; peers_allow() (the fetcher's question) is true only when closed. While open, a
- *   notification from the host expedites the probe (circuit_expedite: at most once per
- *   recovery time) — a host that restarts announces itself, so it is seen again within
- *   seconds, not after a backed-off wait of up to 16 × circuit_recovery_seconds.
+ *   notification from the host expedites the probe (circuit_expedite: at most once per pull
+ *   interval) — a host that starts says hello (peers_hello, once its data server listens), so
+ *   it is seen again within seconds, not after a backed-off wait of up to 16 ×
+ *   circuit_recovery_seconds.
+ * - Announcements go to hosts that are up or not contacted yet: one whose last pull failed
+ *   learns our news from its own pulls, and failed announcements in a burst of publications
+ *   would open its circuit in milliseconds (five refused connects during a first scan did).
  * - No separate health check: every active peer is already asked for its manifest every
  *   interval (an unchanged host costs one small request), which is the health check — a
  *   periodic GET /v1/health next to it would double the requests and tell nothing more.
@@ -149,6 +153,7 @@ struct peers {
 	/* protected by lock: */
 	bool stopping;			/* also read atomically by the curl callbacks */
 	bool announce_pending;
+	bool announce_hello;		/* the pending one is a hello (peers_hello) */
 	int64_t announce_seq;
 	size_t first_pending;		/* peers whose first pull has not finished */
 
@@ -909,10 +914,11 @@ out:
 }
 
 /*
- * POST /v1/notify to every peer that is not down and whose circuit is closed. Each outcome
- * feeds the circuit; a failure counts as an error of the host, with a debug line.
+ * POST /v1/notify to every peer whose circuit is closed and, unless @hello, that is up or not
+ * contacted yet. Each outcome feeds the circuit; a failure counts as an error of the host,
+ * with a debug line.
  */
-static void announce(struct peers *p, int64_t seq)
+static void announce(struct peers *p, int64_t seq, bool hello)
 {
 	char url[512], *body = NULL, why[200];
 	json_t *o;
@@ -928,14 +934,18 @@ static void announce(struct peers *p, int64_t seq)
 	}
 	for (size_t i = 0; i < p->n_peers && !is_stopping(p); i++) {
 		struct peer *pe = &p->peers[i];
-		bool down;
+		bool failing;
 
 		pthread_mutex_lock(&p->lock);
-		down = pe->st.state == PEER_DOWN;
+		failing = pe->st.state == PEER_DOWN || pe->st.state == PEER_DEGRADED;
 		pthread_mutex_unlock(&p->lock);
-		/* A down host pulls us on its own interval once it is back; an open circuit
-		 * means no request at all. */
-		if (down || circuit_state(pe->http) != CIRCUIT_CLOSED)
+		/*
+		 * A host whose last pull failed pulls us on its own interval once it is back (and
+		 * says hello when it restarts): announcing to it would only add failures, each
+		 * one counted by its circuit — a burst of publications would open it in
+		 * milliseconds. An open circuit means no request at all.
+		 */
+		if ((failing && !hello) || circuit_state(pe->http) != CIRCUIT_CLOSED)
 			continue;
 		snprintf(url, sizeof(url), "%s/v1/notify", pe->base_url);
 		setup_request(p, url, PEER_NOTIFY_CONNECT_MS, PEER_NOTIFY_TIMEOUT_MS);
@@ -974,10 +984,13 @@ static void *peers_main(void *arg)
 	pthread_mutex_lock(&p->lock);
 	while (!p->stopping) {
 		if (p->announce_pending) {
+			bool hello = p->announce_hello;
+
 			p->announce_pending = false;
+			p->announce_hello = false;
 			seq = p->announce_seq;
 			pthread_mutex_unlock(&p->lock);
-			announce(p, seq);
+			announce(p, seq, hello);
 			pthread_mutex_lock(&p->lock);
 			continue;
 		}
@@ -1085,6 +1098,8 @@ static void circuit_settings(struct peers *p, struct circuit_params *cp)
 	if (cfg->auto_sync.circuit_recovery_seconds > 0)
 		cp->recovery_ns = (int64_t)cfg->auto_sync.circuit_recovery_seconds * 1000000000LL;
 	cp->probe_timeout_ns = (int64_t)PEER_PROBE_TIMEOUT_MS * NS_PER_MS;
+	/* A host that says it is back may be probed once per pull interval. */
+	cp->hint_gap_ns = p->interval_ns;
 	p->circuit_threshold = cp->failure_threshold;
 }
 
@@ -1231,10 +1246,10 @@ void peers_notify(struct peers *p, const char *host)
 		found = true;
 		/*
 		 * Open circuit: the host telling us it changed says it is back, so its probe
-		 * goes now, or one recovery time after the circuit last (re)opened if that is
+		 * goes now, or one pull interval after the circuit last (re)opened if that is
 		 * later — so a host that notifies while its manifest keeps failing cannot make us
-		 * ask it more often than that. A "pull everyone" (@host NULL) says nothing about
-		 * the host: it waits for its probe.
+		 * ask it more often than we pull a healthy host. A "pull everyone" (@host NULL)
+		 * says nothing about the host: it waits for its probe.
 		 */
 		if (circuit_state(pe->http) == CIRCUIT_OPEN) {
 			if (!host)
@@ -1259,10 +1274,11 @@ void peers_notify(struct peers *p, const char *host)
 		log_msg(LOG_DEBUG, "peers: notify from %s, which is not a pulled host", host);
 	else if (early)
 		log_msg(LOG_DEBUG, "peers: notify from %s, whose circuit opened less than a "
-			"recovery time ago: probing it when that is over", host);
+			"pull interval ago: probing it when that is over", host);
 }
 
-void peers_announce(struct peers *p, int64_t seq)
+/* Queues an announcement of @seq; @hello makes it (and whatever merged into it) a hello. */
+static void queue_announce(struct peers *p, int64_t seq, bool hello)
 {
 	if (!p)
 		return;
@@ -1271,8 +1287,19 @@ void peers_announce(struct peers *p, int64_t seq)
 	if (!p->announce_pending || seq > p->announce_seq)
 		p->announce_seq = seq;
 	p->announce_pending = true;
+	p->announce_hello |= hello;
 	pthread_cond_signal(&p->wake);
 	pthread_mutex_unlock(&p->lock);
+}
+
+void peers_announce(struct peers *p, int64_t seq)
+{
+	queue_announce(p, seq, false);
+}
+
+void peers_hello(struct peers *p, int64_t seq)
+{
+	queue_announce(p, seq, true);
 }
 
 void peers_status(struct peers *p, size_t host_idx, struct peer_status *out)

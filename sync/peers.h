@@ -20,8 +20,8 @@
  * While it is open nothing is asked of the host: no pull, no announcement, and peers_allow()
  * tells the fetcher not to use it. Once the wait is over the peers thread probes the host with
  * the manifest pull itself; a success closes the circuit, a failure re-opens it for twice as
- * long (up to 16×). A notification from the host (it is back) lets that probe go early, at
- * most once per recovery time.
+ * long (up to 16×). A notification from the host (it is back: every node says hello when its
+ * data server starts) lets that probe go early, at most once per pull interval.
  *
  * Requests carry "Authorization: Bearer <token>" when the config has a token, and have
  * connect and low-speed timeouts, so a dead or stalled peer costs seconds, never a hang.
@@ -80,9 +80,20 @@ void peers_stop(struct peers *p);
 /* Pull @host's manifest now (NULL: every host). Asynchronous. */
 void peers_notify(struct peers *p, const char *host);
 
-/* Tell every active peer that this node has published up to @seq (POST /v1/notify), in the
- * background. */
+/*
+ * Tell the peers that this node has published up to @seq (POST /v1/notify), in the
+ * background: every peer that is up or not yet contacted (one that failed pulls it on its own
+ * interval once it is back).
+ */
 void peers_announce(struct peers *p, int64_t seq);
+
+/*
+ * "This node is up, at @seq": one POST /v1/notify to every peer whose circuit is closed,
+ * however its last requests went — a peer that had given up on this node (an open circuit
+ * from before it started) probes it at once instead of after its backed-off wait. Call once
+ * the data server listens. Asynchronous.
+ */
+void peers_hello(struct peers *p, int64_t seq);
 
 /* A snapshot of what is known of host @host_idx (all zero, circuit closed, for a host that
  * is not pulled: this node, inactive hosts, hosts without an address). Takes p->lock. */

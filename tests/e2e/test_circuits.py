@@ -211,3 +211,35 @@ def test_stopped_peer_opens_its_circuit_backs_off_and_closes_when_back(listeners
     log = a.log_text()
     assert "peer b: circuit open after 2 failures in a row" in log
     assert "peer b: circuit closed" in log
+
+
+@pytest.mark.meshfs_timeout(120)
+def test_restarted_peer_says_hello_and_is_seen_before_the_recovery_wait(make_cluster):
+    """b stops long enough for a to open its circuit (recovery 60 s), then starts again with
+    nothing new to publish. Its hello (POST /v1/notify once its data server listens) lets a
+    probe it at once: a shows b's circuit closed within seconds, not after the 60 s wait, and
+    a's next file is announced to b again."""
+    cluster = make_cluster(["a", "b"], config={
+        "auto_sync": {"circuit_failure_threshold": 2, "circuit_recovery_seconds": 60}})
+    a, b = cluster["a"], cluster["b"]
+    wait_until(lambda: host_of(a.health(), "b")["state"] == "up", 15, message="a seeing b up")
+
+    b.stop()
+    wait_until(lambda: host_of(a.health(), "b")["circuit"] == "open", 20, interval=0.05,
+               message="b's circuit on a opening")
+    entry = host_of(a.status_json(), "b")
+    assert entry["circuit"] == "open" and entry["next_probe_s"] >= 40, entry
+
+    b.start()
+    t_back = time.monotonic()
+    # Without the hello, a would wait out the 60 s (± 10%) before its probe.
+    wait_until(lambda: host_of(a.health(), "b")["circuit"] == "closed", 30, interval=0.1,
+               message="b's circuit on a closing after b's hello")
+    print(f"circuit closed {time.monotonic() - t_back:.1f} s after b was started")
+    assert host_of(a.health(), "b")["state"] == "up"
+    assert "peer b: circuit closed" in a.log_text()
+
+    h.write_file(a.local("games", "after_hello.db"), b"a's news for b")
+    wait_until(lambda: b.path("games/after_hello.db").exists(), 10,
+               message="a's new file on b's mount")
+    assert b.path("games/after_hello.db").read_bytes() == b"a's news for b"

@@ -565,6 +565,13 @@ def test_published_file_is_visible_everywhere_and_reads_identical(make_cluster):
         assert errno_of(os.unlink, path) == errno.EROFS
         assert errno_of(os.rename, path, n.path("models/pub/moved.pth")) == errno.EROFS
 
+    # An open, and reads at and past the end, fetch nothing and make nothing here.
+    with open(c.path(rel), "rb") as f:
+        assert os.pread(f.fileno(), 100, len(data)) == b""
+        assert os.pread(f.fileno(), 100, len(data) + 4096) == b""
+    values = h.meshfs_xattrs(c.path(rel))
+    assert values[P + "state"] == "remote" and values[P + "cached_bytes"] == "0", values
+
     t_read = int(time.time())
     assert read_bytes(b.path(rel)) == data, "bytes read on b differ from the published ones"
     path = b.path(rel)
@@ -716,7 +723,10 @@ def test_source_killed_mid_read_the_read_completes_from_another(servers, make_cl
     t = threading.Thread(target=reader, name="reader")
     t.start()
     try:
-        wait_until(lambda: progress["read"] >= 4 * MiB and pa.active_bodies > 0, 30,
+        # Mid-read: the reader's first read was answered by a probe (the chunks then arrive in
+        # waves, so the bytes read jump by several MiB at a time), and a chunk is on its way
+        # from a (chunks are asked for once the probe is done).
+        wait_until(lambda: pa.active_bodies > 0 and pa.file_requests(rel), 30,
                    interval=0.01, message="b reading, with a chunk coming from a",
                    ignore=())
         a.kill(signal.SIGKILL)

@@ -39,7 +39,9 @@
 #define T0 (1000 * SEC) /* an arbitrary start on the fake clock */
 
 /* A circuit with @threshold, @recovery_s, cap 16× and no jitter unless asked. */
-static struct circuit *make(unsigned threshold, int64_t recovery_s, unsigned jitter_pct)
+/* A circuit with these parameters (a fixed seed, the rest default); aborts on failure. */
+static struct circuit *make_with(unsigned threshold, int64_t recovery_s, unsigned jitter_pct,
+				 int64_t hint_gap_ns)
 {
 	struct circuit_params p;
 	struct circuit *c = NULL;
@@ -48,10 +50,16 @@ static struct circuit *make(unsigned threshold, int64_t recovery_s, unsigned jit
 	p.failure_threshold = threshold;
 	p.recovery_ns = recovery_s * SEC;
 	p.jitter_pct = jitter_pct;
+	p.hint_gap_ns = hint_gap_ns;
 	p.seed = 12345;
 	if (circuit_new(&p, &c) != 0 || !c)
 		abort();
 	return c;
+}
+
+static struct circuit *make(unsigned threshold, int64_t recovery_s, unsigned jitter_pct)
+{
+	return make_with(threshold, recovery_s, jitter_pct, CIRCUIT_DEFAULT_HINT_GAP_NS);
 }
 
 static struct circuit_info info(struct circuit *c)
@@ -83,6 +91,7 @@ static void test_params(void)
 	CHECK_EQ_INT(p.max_factor, 16);
 	CHECK_EQ_INT(p.jitter_pct, 10);
 	CHECK_EQ_INT(p.probe_timeout_ns, 0);
+	CHECK_EQ_INT(p.hint_gap_ns, 2 * SEC);
 
 	CHECK_EQ_INT(circuit_new(&p, &c), 0);
 	CHECK(c != NULL);
@@ -111,6 +120,9 @@ static void test_params(void)
 	CHECK_EQ_INT(circuit_new(&bad, &c), -EINVAL);
 	bad = p;
 	bad.probe_timeout_ns = -1;
+	CHECK_EQ_INT(circuit_new(&bad, &c), -EINVAL);
+	bad = p;
+	bad.hint_gap_ns = -1;
 	CHECK_EQ_INT(circuit_new(&bad, &c), -EINVAL);
 	CHECK(c == NULL);
 
@@ -355,10 +367,19 @@ static void test_lost_probe(void)
 	circuit_free(c);
 }
 
-/* The host says it is back: the probe may go early, at most once per recovery time. */
+/* A circuit without jitter whose hints are @gap_s apart. */
+static struct circuit *make_gap(unsigned threshold, int64_t recovery_s, int64_t gap_s)
+{
+	return make_with(threshold, recovery_s, 0, gap_s * SEC);
+}
+
+/*
+ * The host says it is back: the probe may go early, at most once per hint gap (3 s here),
+ * however long the backed-off wait has grown.
+ */
 static void test_expedite(void)
 {
-	struct circuit *c = make(1, 10, 0);
+	struct circuit *c = make_gap(1, 10, 3);
 	int64_t now = T0, opened;
 
 	CHECK(!circuit_expedite(c, now)); /* closed */
@@ -370,35 +391,42 @@ static void test_expedite(void)
 	}
 	opened = now;
 	CHECK_EQ_INT(info(c).retry_at - opened, 80 * SEC);
-	/* Too early for a probe, but the wait is cut to one recovery time after the opening. */
-	CHECK(!circuit_expedite(c, opened + 3 * SEC));
-	CHECK_EQ_INT(info(c).retry_at, opened + 10 * SEC);
+	/* Too early for a probe, but the wait is cut to one hint gap after the opening. */
+	CHECK(!circuit_expedite(c, opened + SEC));
+	CHECK_EQ_INT(info(c).retry_at, opened + 3 * SEC);
 	CHECK_EQ_INT(circuit_state(c), CIRCUIT_OPEN);
-	CHECK(!circuit_allow(c, opened + 10 * SEC - 1));
+	CHECK(!circuit_allow(c, opened + 3 * SEC - 1));
 	/* From then on a hint lets the probe go at once. */
-	CHECK(circuit_expedite(c, opened + 12 * SEC));
-	CHECK_EQ_INT(info(c).retry_at, opened + 10 * SEC); /* never moved later */
-	CHECK(circuit_allow(c, opened + 12 * SEC));
-	CHECK(!circuit_expedite(c, opened + 12 * SEC)); /* half-open: nothing to cut */
-	/* That probe failed too: k = 4, 160 s; the next hint waits another recovery time. */
-	now = opened + 13 * SEC;
+	CHECK(circuit_expedite(c, opened + 5 * SEC));
+	CHECK_EQ_INT(info(c).retry_at, opened + 3 * SEC); /* never moved later */
+	CHECK(circuit_allow(c, opened + 5 * SEC));
+	CHECK(!circuit_expedite(c, opened + 5 * SEC)); /* half-open: nothing to cut */
+	/* That probe failed too: k = 4, 160 s; the next hint waits another hint gap. */
+	now = opened + 6 * SEC;
 	CHECK(circuit_failure(c, now));
 	CHECK_EQ_INT(info(c).retry_at - now, 160 * SEC);
-	CHECK(!circuit_expedite(c, now + 5 * SEC));
-	CHECK_EQ_INT(info(c).retry_at - now, 10 * SEC);
-	CHECK(!circuit_allow(c, now + 5 * SEC));
-	CHECK(circuit_allow(c, now + 10 * SEC));
-	CHECK(circuit_success(c, now + 10 * SEC));
+	CHECK(!circuit_expedite(c, now + 2 * SEC));
+	CHECK_EQ_INT(info(c).retry_at - now, 3 * SEC);
+	CHECK(!circuit_allow(c, now + 2 * SEC));
+	CHECK(circuit_allow(c, now + 3 * SEC));
+	CHECK(circuit_success(c, now + 3 * SEC));
 	CHECK_EQ_INT(circuit_state(c), CIRCUIT_CLOSED);
 	CHECK(!circuit_expedite(c, now + 20 * SEC)); /* closed */
 	circuit_free(c);
 
 	/* A wait already shorter than that is left alone. */
-	c = make(1, 10, 0);
+	c = make_gap(1, 10, 30);
 	CHECK(circuit_failure(c, T0));
 	CHECK(!circuit_expedite(c, T0 + SEC));
 	CHECK_EQ_INT(info(c).retry_at, T0 + 10 * SEC);
 	CHECK(circuit_expedite(c, T0 + 10 * SEC));
+	circuit_free(c);
+
+	/* Gap 0: a hint lets the probe go at once, even right after the opening. */
+	c = make_gap(1, 10, 0);
+	CHECK(circuit_failure(c, T0));
+	CHECK(circuit_expedite(c, T0));
+	CHECK(circuit_allow(c, T0));
 	circuit_free(c);
 }
 
@@ -570,13 +598,22 @@ static void test_peers_integration(void)
 	CHECK_EQ_INT(st.errors, 1);
 	CHECK(peers_allow(p, 1));
 
+	/* Its pull failed: an announcement passes over it (it pulls us once back), a hello goes
+	 * (and fails, the second in a row). */
+	peers_announce(p, 3);
+	usleep(300 * 1000);
+	CHECK_EQ_INT(pst(p, 1).errors, 1);
+	peers_hello(p, 3);
+	CHECK(WAIT_FOR(pst(p, 1).errors == 2, 5000));
+	CHECK_EQ_INT(pst(p, 1).circuit, CIRCUIT_CLOSED);
+
 	/* This node's own trouble counts for nothing; a host that answers "not found" resets the
 	 * count, so two more failures do not open it yet. */
 	peers_record_transfer(p, 1, 0, 0, -ENOSPC);
 	peers_record_transfer(p, 1, 0, 0, -ECANCELED);
-	CHECK_EQ_INT(pst(p, 1).errors, 1);
-	peers_record_transfer(p, 1, 0, 0, -ENOENT);
 	CHECK_EQ_INT(pst(p, 1).errors, 2);
+	peers_record_transfer(p, 1, 0, 0, -ENOENT);
+	CHECK_EQ_INT(pst(p, 1).errors, 3);
 	peers_record_transfer(p, 1, 0, 0, -ECONNRESET);
 	peers_record_transfer(p, 1, 0, 0, -ETIMEDOUT);
 	CHECK_EQ_INT(pst(p, 1).circuit, CIRCUIT_CLOSED);
@@ -589,7 +626,7 @@ static void test_peers_integration(void)
 	st = pst(p, 1);
 	CHECK_EQ_INT(st.circuit, CIRCUIT_OPEN);
 	CHECK_EQ_INT(st.state, PEER_DOWN);
-	CHECK_EQ_INT(st.errors, 5);
+	CHECK_EQ_INT(st.errors, 6);
 	CHECK(st.probe_in_ms > 1500 && st.probe_in_ms <= 2200);
 	CHECK(strstr(st.last_error, "Bad message") != NULL);
 	CHECK(!peers_allow(p, 1));
@@ -601,17 +638,18 @@ static void test_peers_integration(void)
 	CHECK_EQ_INT(pst(p, 0).circuit, CIRCUIT_CLOSED);
 
 	/* Open: a success reported now (a transfer started before) changes nothing; neither a
-	 * "pull everyone", nor the host's own notification this early, nor an announcement sends
-	 * it anything — each would have failed and counted. */
+	 * "pull everyone", nor the host's own notification this early, nor an announcement or a
+	 * hello sends it anything — each would have failed and counted. */
 	peers_record_transfer(p, 1, 1 << 20, 1000000, 0);
 	CHECK_EQ_INT(pst(p, 1).circuit, CIRCUIT_OPEN);
 	peers_notify(p, NULL);
 	peers_notify(p, "h1");
 	peers_announce(p, 7);
+	peers_hello(p, 7);
 	usleep(500 * 1000);
 	st = pst(p, 1);
 	CHECK_EQ_INT(st.consecutive_failures, 1);
-	CHECK_EQ_INT(st.errors, 5);
+	CHECK_EQ_INT(st.errors, 6);
 	CHECK_EQ_INT(st.circuit, CIRCUIT_OPEN);
 
 	/* The timed probe: the manifest pull, once the wait (2 s ± 10%) is over. It fails, and the
@@ -622,7 +660,7 @@ static void test_peers_integration(void)
 	CHECK(took >= 1700);
 	CHECK(WAIT_FOR(pst(p, 1).circuit == CIRCUIT_OPEN, 2000));
 	st = pst(p, 1);
-	CHECK_EQ_INT(st.errors, 6);
+	CHECK_EQ_INT(st.errors, 7);
 	CHECK(st.probe_in_ms > 3000 && st.probe_in_ms <= 4400);
 	CHECK(cap_has("peer h1: probe 1 failed (connect to 127.0.0.1:"));
 	CHECK(!peers_allow(p, 1));
