@@ -560,7 +560,7 @@ int cache_file_get(struct cache *c, const char *category, const char *path,
 	 * persist_lock (a writer may hold that across a catalog call). */
 	ret = cache_file_find(c, category, path, hash, size, out);
 	if (ret != -ENOENT)
-		return ret;
+		goto out; /* found (*out set), or an error */
 	ret = -ENOMEM;
 	fresh_name = cache_name_new(category, path);
 	fresh_file = cache_file_new(c, hash, size);

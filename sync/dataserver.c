@@ -134,6 +134,11 @@ struct daemon *dataserver_daemon(const struct dataserver *s)
 	return s->d;
 }
 
+bool dataserver_is_head(const struct request *rq)
+{
+	return rq->head;
+}
+
 static void count_add(atomic_uint_fast64_t *c, uint64_t n)
 {
 	atomic_fetch_add_explicit(c, n, memory_order_relaxed);

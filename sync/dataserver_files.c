@@ -563,18 +563,21 @@ static char *blocks_header(struct dataserver *s, struct MHD_Connection *conn, si
  * A response with the @len bytes at @first of @fd read into memory, which MHD sends in one
  * write with the header: a small range (a probe, a random read) then reaches the client in one
  * piece, where sendfile() sends the header and the body apart and wakes the client twice.
- * NULL with *err = -errno when the read fails (-EIO: it came up short, the file changed),
- * NULL with *err = 0 when out of memory.
+ * NULL with *err = -errno when the read fails (-ESTALE: the file is shorter now, the version
+ * is gone), NULL with *err = 0 when out of memory.
  */
 static struct MHD_Response *small_range_response(int fd, uint64_t first, uint64_t len, int *err)
 {
 	struct MHD_Response *resp;
 	char *buf = malloc((size_t)len);
+	struct stat st;
 
 	*err = 0;
 	if (!buf)
 		return NULL;
 	*err = pread_full(fd, buf, (size_t)len, first);
+	if (*err == -EIO && fstat(fd, &st) == 0 && (uint64_t)st.st_size < first + len)
+		*err = -ESTALE; /* cut short: another version is being written there */
 	if (*err) {
 		free(buf);
 		return NULL;
@@ -623,7 +626,7 @@ enum MHD_Result dataserver_route_files(struct dataserver *s, struct request *rq,
 		blocks = blocks_header(s, conn, cat_idx, path, &e, first, len);
 	if (len == 0) {
 		resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-	} else if (len <= FILES_SMALL_RANGE) {
+	} else if (len <= FILES_SMALL_RANGE && !dataserver_is_head(rq)) {
 		resp = small_range_response(fd, first, len, &err);
 		if (!resp && err) {
 			ret = dataserver_respond_errno(s, rq, conn, err);

@@ -22,6 +22,9 @@ struct request;
 /* The daemon @s serves (borrowed, lives as long as @s). */
 struct daemon *dataserver_daemon(const struct dataserver *s);
 
+/* Whether @rq is a HEAD request (headers only: no body is sent). */
+bool dataserver_is_head(const struct request *rq);
+
 /*
  * Queues @resp with @code (the response is released here in every case) and counts it; the
  * @body_len bytes of its body are counted once they are sent. Returns what MHD_queue_response

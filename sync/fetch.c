@@ -296,11 +296,10 @@ int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn do
 	       void *cookie, int *fd)
 {
 	struct fetch *f = ff->f;
+	struct cache_file *cf = file_cf(ff);
 	struct waiter *w;
 	size_t first, last;
 	bool sequential;
-
-	struct cache_file *cf = file_cf(ff);
 
 	if (off >= ff->size || len == 0) {
 		*fd = cf ? cache_file_fd(cf) : -1;
@@ -333,14 +332,23 @@ int fetch_read(struct fetch_file *ff, uint64_t off, size_t len, fetch_done_fn do
 		free(w);
 		return -ESHUTDOWN;
 	}
+	/* Here meanwhile (a chunk came, the cache file was made): nothing to wait for. */
+	if (ff->cf && cache_file_range_present(ff->cf, off, len)) {
+		ff->last_read_end = off + len;
+		*fd = cache_file_fd(ff->cf);
+		pthread_mutex_unlock(&f->lock);
+		free(w);
+		return 0;
+	}
 	sequential = off == ff->last_read_end && off > 0;
 	ff->last_read_end = off + len;
 	/*
-	 * A probe only where nothing is on its way yet: a chunk in flight, or one another reader
-	 * wants (it starts as soon as the version's cache file is made), comes soon enough.
+	 * A probe only where nothing is on its way yet: a chunk in flight comes soon enough, and
+	 * so does one another reader wants while the version's cache file or chunk list is still
+	 * being made or asked for (it starts right after).
 	 */
 	w->probe = !sequential && len <= FETCH_PROBE_MAX && fetch_chunks_absent(ff, off, len) &&
-		   !chunks_read_wanted(ff, first, last);
+		   ((ff->cf && ff->have_list) || !chunks_read_wanted(ff, first, last));
 	for (size_t i = first; i <= last; i++)
 		ff->want[i] = FETCH_PRIO_READ;
 	if (sequential)
@@ -715,8 +723,8 @@ int fetch_xfer_start(struct fetch *f, struct fetch_file *ff, int host, size_t ch
 	if (chunk == XFER_LIST) {
 		ff->list_inflight = true;
 	} else if (chunk == XFER_PROBE) {
-		if (ff->n_probes == 0)
-			ff->probing_since = x->started_ns;
+		if (!ff->cf && !ff->first_probe_ns)
+			ff->first_probe_ns = x->started_ns;
 		ff->probes[ff->n_probes++] = *probe;
 	} else {
 		ff->state[chunk] = CH_INFLIGHT;
@@ -1140,6 +1148,19 @@ static int poll_ms(struct fetch *f, bool quiet)
 {
 	int ms = f->n_paused ? resume_in_ms(f) : FETCH_POLL_MS;
 
+	/* A version whose cache file waits behind its probes: look again when that ends. */
+	pthread_mutex_lock(&f->lock);
+	for (struct fetch_file *ff = f->files; ff && ms > 1; ff = ff->next) {
+		if (!ff->cf && ff->n_probes && (ff->background || file_wanted(ff))) {
+			int64_t end = ff->first_probe_ns + FETCH_PROBE_HEAD_NS;
+			int64_t left = (end - mono_ns()) / 1000000;
+
+			if (left + 1 < ms)
+				ms = left < 0 ? 1 : (int)left + 1;
+		}
+	}
+	pthread_mutex_unlock(&f->lock);
+
 	if (quiet) {
 		int64_t left = (f->quiet_until - mono_ns()) / 1000000 + 1;
 
@@ -1171,26 +1192,39 @@ static void resume_paused(struct fetch *f)
 	}
 }
 
+/* Whether @ff needs a cache file now, at @now: see next_to_create_locked. Lock held. */
+static bool needs_cache_file(const struct fetch_file *ff, int64_t now)
+{
+	if (ff->cf || !(ff->background || file_wanted(ff)))
+		return false;
+	return !ff->n_probes || now - ff->first_probe_ns >= FETCH_PROBE_HEAD_NS;
+}
+
 /*
- * A version that is wanted but has no cache file yet, with a reference; or NULL. One with a
- * probe in flight waits for it: the probe's answer is what a reader waits for, and making the
- * file (a file, a catalog row) would hold the thread that answers it. Not for longer than
- * FETCH_PROBE_HEAD_NS of probes one after the other, though: readers at random places keep
- * probes out all the time, and the version must still get its chunks and complete. Lock held.
+ * A version that is wanted but has no cache file yet, with a reference; or NULL. Versions a
+ * reader wants come first. One with a probe in flight waits for it: the probe's answer is what
+ * a reader waits for, and making the file (a file, a catalog row) would hold the thread that
+ * answers it. Not for longer than FETCH_PROBE_HEAD_NS after its first probe, though: readers at
+ * random places may keep probes out all the time, and the version must still get its chunks
+ * and complete. Lock held.
  */
 static struct fetch_file *next_to_create_locked(struct fetch *f)
 {
+	struct fetch_file *pick = NULL;
 	int64_t now = mono_ns();
 
 	for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
-		if (ff->n_probes && now - ff->probing_since < FETCH_PROBE_HEAD_NS)
+		if (!needs_cache_file(ff, now))
 			continue;
-		if (!ff->cf && (ff->background || file_wanted(ff))) {
-			ff->refs++;
-			return ff;
+		if (!pick || ff->waiters) {
+			pick = ff;
+			if (ff->waiters)
+				break;
 		}
 	}
-	return NULL;
+	if (pick)
+		pick->refs++;
+	return pick;
 }
 
 /*
@@ -1206,12 +1240,18 @@ static void make_cache_file(struct fetch *f, struct fetch_file *ff, struct compl
 	pthread_mutex_lock(&f->lock);
 	if (ret == 0) {
 		file_set_cf_locked(ff, cf);
-		collect_waiters(ff, 0, done); /* the cache may have had some of it meanwhile */
+		/* The cache may hold some of it, or all (a copy under another name). */
+		collect_waiters(ff, 0, done);
+		if (ff->complete && ff->background) {
+			ff->background = false;
+			file_unref_locked(f, ff); /* not the last: ours is still held */
+		}
 	} else {
 		fetch_file_error(ff, "cannot make its cache file: %s", strerror(-ret));
 		log_msg(LOG_WARNING, "fetch %s/%s: %s", ff->category, ff->path, ff->last_error);
+		cache_set_error(f->cache, ff->category, ff->path, ff->last_error);
 		clear_want(ff);
-		collect_waiters(ff, -EIO, done);
+		collect_waiters(ff, ret, done);
 		if (ff->background) {
 			ff->background = false;
 			file_unref_locked(f, ff); /* not the last: ours is still held */
@@ -1241,8 +1281,9 @@ static void *fetch_main(void *arg)
 		expire_locked(f, &done);
 		quiet = fetch_quiet(f);
 		probed = schedule_locked(f, quiet, &done);
-		fin = quiet ? NULL : next_to_finish_locked(f);
-		make = fin || quiet ? NULL : next_to_create_locked(f);
+		/* A probe just started goes out first; the rest waits for the next round. */
+		fin = quiet || probed ? NULL : next_to_finish_locked(f);
+		make = fin || quiet || probed ? NULL : next_to_create_locked(f);
 		pthread_mutex_unlock(&f->lock);
 		run_completions(done);
 		done = NULL;
@@ -1254,13 +1295,13 @@ static void *fetch_main(void *arg)
 			continue;
 		}
 		if (make) {
+			/* One per round: the transfers under way are serviced in between. */
 			make_cache_file(f, make, &done);
 			run_completions(done);
-			continue;
+			done = NULL;
 		}
-
 		/* A probe just started goes out now: a reader waits for it. */
-		if (!probed)
+		if (!probed && !make)
 			curl_multi_poll(f->multi, NULL, 0, poll_ms(f, quiet), NULL);
 		resume_paused(f);
 		curl_multi_perform(f->multi, &running);

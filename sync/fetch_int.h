@@ -34,6 +34,7 @@
 #define FETCH_MAX_PROBES 4		/* probes in flight per version */
 #define FETCH_PROBE_MAX (1024 * 1024)	/* reads longer than this wait for their chunks */
 #define FETCH_QUIET_NS (2 * 1000000LL)	/* after a probe answered a read: see fetch_quiet */
+#define FETCH_QUIET_GAP_NS (8 * 1000000LL) /* at least this between two quiet times */
 #define FETCH_PROBE_HEAD_NS (10 * 1000000LL) /* see next_to_create_locked */
 
 /* xfer.chunk of the transfers that are not a chunk */
@@ -75,7 +76,7 @@ struct fetch_file {
 	 * The cache file: found at open when the cache has the version already, else made by
 	 * the fetch thread before the first chunk is asked for (a probe needs none), so an open
 	 * costs no file creation and no catalog write. Set once, under f->lock, and read
-	 * without it by fetch_read(): use fetch_file_cf().
+	 * without it by fetch_read() (file_cf() in fetch.c).
 	 */
 	struct cache_file *cf;
 	/* Under f->lock: */
@@ -88,7 +89,8 @@ struct fetch_file {
 	uint64_t no_probe;		/* sources that sent no block hashes: not probed */
 	struct probe_range probes[FETCH_MAX_PROBES];	/* in flight */
 	int n_probes;
-	int64_t probing_since;		/* mono_ns: since when n_probes > 0 */
+	int64_t first_probe_ns;		/* mono_ns of its first probe while it had no cache
+					 * file; 0 = none (see next_to_create_locked) */
 	uint64_t sources;		/* hosts that hold it */
 	uint64_t dropped;		/* sources that failed it */
 	uint64_t avoid;			/* sources used only when no other is left */

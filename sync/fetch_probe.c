@@ -134,6 +134,7 @@ void fetch_probe_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 	struct fetch_file *ff = x->ff;
 	const char *host = f->cfg->hosts[x->host].name;
 	long status = 0;
+	int64_t now;
 	int ret;
 
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
@@ -177,7 +178,11 @@ void fetch_probe_done(struct fetch *f, struct xfer *x, CURLcode rc, struct compl
 			pp = &w->next;
 			continue;
 		}
-		f->quiet_until = mono_ns() + FETCH_QUIET_NS;
+		/* At most FETCH_QUIET_NS in every FETCH_QUIET_NS + FETCH_QUIET_GAP_NS: a reader
+		 * answered again and again must not hold background work off for good. */
+		now = mono_ns();
+		if (now >= f->quiet_until + FETCH_QUIET_GAP_NS)
+			f->quiet_until = now + FETCH_QUIET_NS;
 	}
 	pthread_mutex_unlock(&f->lock);
 }
