@@ -329,11 +329,12 @@ int daemon_start(const struct mfs_config *cfg, int lock_fd, struct daemon **out,
 		goto fail;
 	}
 	{
-		/* Listening: peers that gave up on this node while it was away may ask again. */
+		/* Listening: say hello, so that peers that gave up on this node while it was away
+		 * (an open circuit) ask it again at once. */
 		int64_t seq = 0;
 
 		if (catalog_max_seq(d->catalog, cfg->node, &seq) == 0)
-			peers_hello(d->peers, seq);
+			peers_announce(d->peers, seq);
 	}
 	ret = control_start(d, &d->control);
 	if (ret < 0) {

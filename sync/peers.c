@@ -41,8 +41,8 @@
  *   for nothing), and its success brings this node up to date at once. Only the peers thread
  *   probes; peers_allow() (the fetcher's question) is true only when closed. While open, a
  *   notification from the host expedites the probe (circuit_expedite: at most once per pull
- *   interval) — a host that starts says hello (peers_hello, once its data server listens), so
- *   it is seen again within seconds, not after a backed-off wait of up to 16 ×
+ *   interval) — a host that starts says hello (daemon.c announces its seq once its data server
+ *   listens), so it is seen again within seconds, not after a backed-off wait of up to 16 ×
  *   circuit_recovery_seconds.
  * - Announcements go to hosts that are up or not contacted yet: one whose last pull failed
  *   learns our news from its own pulls, and failed announcements in a burst of publications
@@ -153,7 +153,6 @@ struct peers {
 	/* protected by lock: */
 	bool stopping;			/* also read atomically by the curl callbacks */
 	bool announce_pending;
-	bool announce_hello;		/* the pending one is a hello (peers_hello) */
 	int64_t announce_seq;
 	size_t first_pending;		/* peers whose first pull has not finished */
 
@@ -914,11 +913,10 @@ out:
 }
 
 /*
- * POST /v1/notify to every peer whose circuit is closed and, unless @hello, that is up or not
- * contacted yet. Each outcome feeds the circuit; a failure counts as an error of the host,
- * with a debug line.
+ * POST /v1/notify to every peer whose circuit is closed and that is up or not contacted yet.
+ * Each outcome feeds the circuit; a failure counts as an error of the host, with a debug line.
  */
-static void announce(struct peers *p, int64_t seq, bool hello)
+static void announce(struct peers *p, int64_t seq)
 {
 	char url[512], *body = NULL, why[200];
 	json_t *o;
@@ -945,7 +943,7 @@ static void announce(struct peers *p, int64_t seq, bool hello)
 		 * one counted by its circuit — a burst of publications would open it in
 		 * milliseconds. An open circuit means no request at all.
 		 */
-		if ((failing && !hello) || circuit_state(pe->http) != CIRCUIT_CLOSED)
+		if (failing || circuit_state(pe->http) != CIRCUIT_CLOSED)
 			continue;
 		snprintf(url, sizeof(url), "%s/v1/notify", pe->base_url);
 		setup_request(p, url, PEER_NOTIFY_CONNECT_MS, PEER_NOTIFY_TIMEOUT_MS);
@@ -984,13 +982,10 @@ static void *peers_main(void *arg)
 	pthread_mutex_lock(&p->lock);
 	while (!p->stopping) {
 		if (p->announce_pending) {
-			bool hello = p->announce_hello;
-
 			p->announce_pending = false;
-			p->announce_hello = false;
 			seq = p->announce_seq;
 			pthread_mutex_unlock(&p->lock);
-			announce(p, seq, hello);
+			announce(p, seq);
 			pthread_mutex_lock(&p->lock);
 			continue;
 		}
@@ -1277,8 +1272,7 @@ void peers_notify(struct peers *p, const char *host)
 			"pull interval ago: probing it when that is over", host);
 }
 
-/* Queues an announcement of @seq; @hello makes it (and whatever merged into it) a hello. */
-static void queue_announce(struct peers *p, int64_t seq, bool hello)
+void peers_announce(struct peers *p, int64_t seq)
 {
 	if (!p)
 		return;
@@ -1287,19 +1281,8 @@ static void queue_announce(struct peers *p, int64_t seq, bool hello)
 	if (!p->announce_pending || seq > p->announce_seq)
 		p->announce_seq = seq;
 	p->announce_pending = true;
-	p->announce_hello |= hello;
 	pthread_cond_signal(&p->wake);
 	pthread_mutex_unlock(&p->lock);
-}
-
-void peers_announce(struct peers *p, int64_t seq)
-{
-	queue_announce(p, seq, false);
-}
-
-void peers_hello(struct peers *p, int64_t seq)
-{
-	queue_announce(p, seq, true);
 }
 
 void peers_status(struct peers *p, size_t host_idx, struct peer_status *out)

@@ -83,17 +83,11 @@ void peers_notify(struct peers *p, const char *host);
 /*
  * Tell the peers that this node has published up to @seq (POST /v1/notify), in the
  * background: every peer that is up or not yet contacted (one that failed pulls it on its own
- * interval once it is back).
+ * interval once it is back). Also the node's hello once its data server listens: a peer that
+ * had given up on it (an open circuit from before it started) probes it at once then.
  */
 void peers_announce(struct peers *p, int64_t seq);
 
-/*
- * "This node is up, at @seq": one POST /v1/notify to every peer whose circuit is closed,
- * however its last requests went — a peer that had given up on this node (an open circuit
- * from before it started) probes it at once instead of after its backed-off wait. Call once
- * the data server listens. Asynchronous.
- */
-void peers_hello(struct peers *p, int64_t seq);
 
 /* A snapshot of what is known of host @host_idx (all zero, circuit closed, for a host that
  * is not pulled: this node, inactive hosts, hosts without an address). Takes p->lock. */

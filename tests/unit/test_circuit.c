@@ -598,22 +598,18 @@ static void test_peers_integration(void)
 	CHECK_EQ_INT(st.errors, 1);
 	CHECK(peers_allow(p, 1));
 
-	/* Its pull failed: an announcement passes over it (it pulls us once back), a hello goes
-	 * (and fails, the second in a row). */
+	/* Its pull failed: an announcement passes over it (it pulls us once back). */
 	peers_announce(p, 3);
 	usleep(300 * 1000);
 	CHECK_EQ_INT(pst(p, 1).errors, 1);
-	peers_hello(p, 3);
-	CHECK(WAIT_FOR(pst(p, 1).errors == 2, 5000));
-	CHECK_EQ_INT(pst(p, 1).circuit, CIRCUIT_CLOSED);
 
 	/* This node's own trouble counts for nothing; a host that answers "not found" resets the
 	 * count, so two more failures do not open it yet. */
 	peers_record_transfer(p, 1, 0, 0, -ENOSPC);
 	peers_record_transfer(p, 1, 0, 0, -ECANCELED);
-	CHECK_EQ_INT(pst(p, 1).errors, 2);
+	CHECK_EQ_INT(pst(p, 1).errors, 1);
 	peers_record_transfer(p, 1, 0, 0, -ENOENT);
-	CHECK_EQ_INT(pst(p, 1).errors, 3);
+	CHECK_EQ_INT(pst(p, 1).errors, 2);
 	peers_record_transfer(p, 1, 0, 0, -ECONNRESET);
 	peers_record_transfer(p, 1, 0, 0, -ETIMEDOUT);
 	CHECK_EQ_INT(pst(p, 1).circuit, CIRCUIT_CLOSED);
@@ -626,7 +622,7 @@ static void test_peers_integration(void)
 	st = pst(p, 1);
 	CHECK_EQ_INT(st.circuit, CIRCUIT_OPEN);
 	CHECK_EQ_INT(st.state, PEER_DOWN);
-	CHECK_EQ_INT(st.errors, 6);
+	CHECK_EQ_INT(st.errors, 5);
 	CHECK(st.probe_in_ms > 1500 && st.probe_in_ms <= 2200);
 	CHECK(strstr(st.last_error, "Bad message") != NULL);
 	CHECK(!peers_allow(p, 1));
@@ -638,18 +634,17 @@ static void test_peers_integration(void)
 	CHECK_EQ_INT(pst(p, 0).circuit, CIRCUIT_CLOSED);
 
 	/* Open: a success reported now (a transfer started before) changes nothing; neither a
-	 * "pull everyone", nor the host's own notification this early, nor an announcement or a
-	 * hello sends it anything — each would have failed and counted. */
+	 * "pull everyone", nor the host's own notification this early, nor an announcement sends
+	 * it anything — each would have failed and counted. */
 	peers_record_transfer(p, 1, 1 << 20, 1000000, 0);
 	CHECK_EQ_INT(pst(p, 1).circuit, CIRCUIT_OPEN);
 	peers_notify(p, NULL);
 	peers_notify(p, "h1");
 	peers_announce(p, 7);
-	peers_hello(p, 7);
 	usleep(500 * 1000);
 	st = pst(p, 1);
 	CHECK_EQ_INT(st.consecutive_failures, 1);
-	CHECK_EQ_INT(st.errors, 6);
+	CHECK_EQ_INT(st.errors, 5);
 	CHECK_EQ_INT(st.circuit, CIRCUIT_OPEN);
 
 	/* The timed probe: the manifest pull, once the wait (2 s ± 10%) is over. It fails, and the
@@ -660,7 +655,7 @@ static void test_peers_integration(void)
 	CHECK(took >= 1700);
 	CHECK(WAIT_FOR(pst(p, 1).circuit == CIRCUIT_OPEN, 2000));
 	st = pst(p, 1);
-	CHECK_EQ_INT(st.errors, 7);
+	CHECK_EQ_INT(st.errors, 6);
 	CHECK(st.probe_in_ms > 3000 && st.probe_in_ms <= 4400);
 	CHECK(cap_has("peer h1: probe 1 failed (connect to 127.0.0.1:"));
 	CHECK(!peers_allow(p, 1));
