@@ -264,6 +264,11 @@ int catalog_stmt_run(struct catalog *cat, sqlite3_stmt *st)
 	return rc == SQLITE_DONE ? 0 : catalog_sql_fail(cat, rc, sqlite3_sql(st));
 }
 
+int catalog_stmt_run_bound(struct catalog *cat, sqlite3_stmt *st, int rc)
+{
+	return rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+}
+
 static int run_cached(struct catalog *cat, enum stmt_id id)
 {
 	sqlite3_stmt *st = NULL;
@@ -276,21 +281,44 @@ static int run_cached(struct catalog *cat, enum stmt_id id)
 	return ret;
 }
 
-int catalog_tx_begin(struct catalog *cat)
+/* BEGIN IMMEDIATE. */
+static int tx_begin(struct catalog *cat)
 {
 	return run_cached(cat, ST_BEGIN);
 }
 
-int catalog_tx_commit(struct catalog *cat)
+static int tx_commit(struct catalog *cat)
 {
 	return run_cached(cat, ST_COMMIT);
 }
 
 /* Undoes an open transaction, if SQLite has not already rolled it back itself. */
-void catalog_tx_rollback(struct catalog *cat)
+static void tx_rollback(struct catalog *cat)
 {
 	if (!sqlite3_get_autocommit(cat->db))
 		run_cached(cat, ST_ROLLBACK);
+}
+
+int catalog_write_begin(struct catalog *cat)
+{
+	int ret = catalog_lock(cat);
+
+	if (ret == 0) {
+		ret = tx_begin(cat);
+		if (ret)
+			catalog_unlock(cat);
+	}
+	return ret;
+}
+
+int catalog_write_end(struct catalog *cat, int ret)
+{
+	if (ret == 0)
+		ret = tx_commit(cat);
+	if (ret)
+		tx_rollback(cat);
+	catalog_unlock(cat);
+	return ret;
 }
 
 bool catalog_valid_category(const char *category)
@@ -426,7 +454,7 @@ static int clear_chunks(struct catalog *cat, int64_t id)
 	if (ret)
 		goto out;
 	catalog_bind_int(st, 1, id, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	stmt_put(st);
 	return ret;
@@ -465,8 +493,7 @@ static int insert_chunks(struct catalog *cat, int64_t id, const struct cat_publi
 		catalog_bind_int(st, 2, (int64_t)i, &rc);
 		catalog_bind_hash(st, 3, &p->chunks[i], &rc);
 		bind_chunk_blocks(st, 4, p, i, scratch, &rc);
-		ret =
-		    rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+		ret = catalog_stmt_run_bound(cat, st, rc);
 		sqlite3_reset(st);
 	}
 	stmt_put(st);
@@ -521,7 +548,6 @@ out:
 
 int catalog_publish_local_batch(struct catalog *cat, struct cat_publish *pubs, size_t n)
 {
-	bool locked = false, in_tx = false;
 	int ret = -EINVAL;
 
 	if (!pubs && n)
@@ -532,27 +558,13 @@ int catalog_publish_local_batch(struct catalog *cat, struct cat_publish *pubs, s
 	ret = 0;
 	if (!n)
 		goto out;
-	ret = catalog_lock(cat);
+	ret = catalog_write_begin(cat);
 	if (ret)
 		goto out;
-	locked = true;
-	ret = catalog_tx_begin(cat);
-	if (ret)
-		goto out;
-	in_tx = true;
 	for (size_t i = 0; i < n && ret == 0; i++)
 		ret = publish_one(cat, &pubs[i], &pubs[i].seq);
-	if (ret)
-		goto out;
-	ret = catalog_tx_commit(cat);
-	if (ret)
-		goto out;
-	in_tx = false;
+	ret = catalog_write_end(cat, ret);
 out:
-	if (in_tx)
-		catalog_tx_rollback(cat);
-	if (locked)
-		catalog_unlock(cat);
 	return ret;
 }
 
@@ -608,7 +620,7 @@ static int mark_deleted(struct catalog *cat, int64_t id, int64_t seq)
 		goto out;
 	catalog_bind_int(st, 1, id, &rc);
 	catalog_bind_int(st, 2, seq, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	stmt_put(st);
 	return ret;
@@ -617,44 +629,26 @@ out:
 int catalog_delete_local(struct catalog *cat, const char *host, const char *category,
 			 const char *path, int64_t *seq)
 {
-	bool locked = false, in_tx = false;
 	int64_t next = 0, id = 0;
 	int ret = -EINVAL;
 
 	if (!catalog_valid_key(host, category, path))
 		goto out;
-	ret = catalog_lock(cat);
+	ret = catalog_write_begin(cat);
 	if (ret)
 		goto out;
-	locked = true;
-	ret = catalog_tx_begin(cat);
-	if (ret)
-		goto out;
-	in_tx = true;
 	/* Looked up first so that deleting nothing does not use up a seq. */
 	ret = live_entry_id(cat, host, category, path, &id);
-	if (ret)
-		goto out;
-	ret = catalog_next_seq(cat, host, &next);
-	if (ret)
-		goto out;
-	ret = mark_deleted(cat, id, next);
-	if (ret)
-		goto out;
-	ret = clear_chunks(cat, id);
-	if (ret)
-		goto out;
-	ret = catalog_tx_commit(cat);
-	if (ret)
-		goto out;
-	in_tx = false;
-	if (seq)
+	if (ret == 0)
+		ret = catalog_next_seq(cat, host, &next);
+	if (ret == 0)
+		ret = mark_deleted(cat, id, next);
+	if (ret == 0)
+		ret = clear_chunks(cat, id);
+	ret = catalog_write_end(cat, ret);
+	if (ret == 0 && seq)
 		*seq = next;
 out:
-	if (in_tx)
-		catalog_tx_rollback(cat);
-	if (locked)
-		catalog_unlock(cat);
 	return ret;
 }
 
@@ -678,7 +672,7 @@ int catalog_confirm(struct catalog *cat, const char *host, const char *category,
 	catalog_bind_text(st, 2, category, &rc);
 	catalog_bind_text(st, 3, path, &rc);
 	catalog_bind_int(st, 4, confirmed_at, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 	if (ret == 0 && sqlite3_changes(cat->db) == 0)
 		ret = -ENOENT;
 out:
@@ -1044,7 +1038,7 @@ int catalog_set_pin(struct catalog *cat, const char *category, const char *path,
 		goto out;
 	catalog_bind_text(st, 1, category, &rc);
 	catalog_bind_text(st, 2, path, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	stmt_put(st);
 	if (locked)
@@ -1140,7 +1134,7 @@ int catalog_meta_set(struct catalog *cat, const char *key, const char *value)
 		goto out;
 	catalog_bind_text(st, 1, key, &rc);
 	catalog_bind_text(st, 2, value, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	stmt_put(st);
 	if (locked)

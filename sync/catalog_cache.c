@@ -240,7 +240,7 @@ int catalog_local_put(struct catalog *cat, const struct cat_local *l)
 	catalog_bind_int(st, 7, (int64_t)l->cached_bytes, &rc);
 	bind_int_or_null(st, 8, l->synced_at, &rc);
 	bind_int_or_null(st, 9, l->last_access, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	sqlite3_finalize(st);
 	if (locked)
@@ -273,7 +273,7 @@ int catalog_local_set_present(struct catalog *cat, const struct hash128 *hash,
 	if (rc == SQLITE_OK)
 		rc = error ? sqlite3_bind_text(st, 5, error, -1, SQLITE_STATIC)
 			   : sqlite3_bind_null(st, 5);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	sqlite3_finalize(st);
 	if (locked)
@@ -304,7 +304,7 @@ int catalog_local_set_chunks(struct catalog *cat, const struct hash128 *hash,
 		goto out;
 	catalog_bind_hash(st, 1, hash, &rc);
 	bind_blob(st, 2, blob, n * 16, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	sqlite3_finalize(st);
 	if (locked)
@@ -330,7 +330,7 @@ int catalog_local_touch(struct catalog *cat, const struct hash128 *hash, int64_t
 		goto out;
 	catalog_bind_hash(st, 1, hash, &rc);
 	catalog_bind_int(st, 2, when, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	sqlite3_finalize(st);
 	if (locked)
@@ -352,100 +352,76 @@ static int run_key_stmt(struct catalog *cat, const char *sql, const char *catego
 		catalog_bind_text(st, 1, category, &rc);
 		catalog_bind_text(st, 2, path, &rc);
 	}
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	sqlite3_finalize(st);
 	return ret;
+}
+
+/* catalog_local_drop's statements, inside its transaction. */
+static int drop_rows(struct catalog *cat, const struct hash128 *hash, const char *category,
+		     const char *path)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = SQLITE_OK, ret;
+
+	if (!hash) {
+		ret = run_key_stmt(cat, sql_drop_path, category, path);
+		return ret ? ret : run_key_stmt(cat, sql_prune_path, category, path);
+	}
+	ret = catalog_prepare(cat, sql_drop_hash, &st);
+	if (ret == 0) {
+		catalog_bind_hash(st, 1, hash, &rc);
+		ret = catalog_stmt_run_bound(cat, st, rc);
+	}
+	sqlite3_finalize(st);
+	/* The rows it emptied are among every empty row; there are no others to spare. */
+	return ret ? ret : run_key_stmt(cat, sql_prune_all, NULL, NULL);
 }
 
 int catalog_local_drop(struct catalog *cat, const struct hash128 *hash, const char *category,
 		       const char *path)
 {
-	sqlite3_stmt *st = NULL;
-	bool locked = false, in_tx = false;
-	int rc = SQLITE_OK, ret = -EINVAL;
+	int ret = -EINVAL;
 
 	if (!hash && !valid_file_key(category, path))
 		goto out;
-	ret = catalog_lock(cat);
-	if (ret)
-		goto out;
-	locked = true;
-	ret = catalog_tx_begin(cat);
-	if (ret)
-		goto out;
-	in_tx = true;
-	if (hash) {
-		ret = catalog_prepare(cat, sql_drop_hash, &st);
-		if (ret)
-			goto out;
-		catalog_bind_hash(st, 1, hash, &rc);
-		ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st)
-				      : catalog_sql_fail(cat, rc, "bind");
-		if (ret)
-			goto out;
-		/* The rows it emptied are among every empty row; there are no others to spare. */
-		ret = run_key_stmt(cat, sql_prune_all, NULL, NULL);
-	} else {
-		ret = run_key_stmt(cat, sql_drop_path, category, path);
-		if (ret)
-			goto out;
-		ret = run_key_stmt(cat, sql_prune_path, category, path);
-	}
-	if (ret)
-		goto out;
-	ret = catalog_tx_commit(cat);
-	if (ret)
-		goto out;
-	in_tx = false;
+	ret = catalog_write_begin(cat);
+	if (ret == 0)
+		ret = catalog_write_end(cat, drop_rows(cat, hash, category, path));
 out:
-	sqlite3_finalize(st);
-	if (in_tx)
-		catalog_tx_rollback(cat);
-	if (locked)
-		catalog_unlock(cat);
 	return ret;
+}
+
+/* catalog_local_set_error's statements, inside its transaction. */
+static int set_error_row(struct catalog *cat, const char *category, const char *path,
+			 const char *msg)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = SQLITE_OK, ret;
+
+	ret = catalog_prepare(cat, sql_set_error, &st);
+	if (ret == 0) {
+		catalog_bind_text(st, 1, category, &rc);
+		catalog_bind_text(st, 2, path, &rc);
+		catalog_bind_text(st, 3, msg ? msg : "", &rc);
+		ret = catalog_stmt_run_bound(cat, st, rc);
+	}
+	sqlite3_finalize(st);
+	return ret ? ret : run_key_stmt(cat, sql_prune_path, category, path);
 }
 
 int catalog_local_set_error(struct catalog *cat, const char *category, const char *path,
 			    const char *msg)
 {
-	sqlite3_stmt *st = NULL;
-	bool locked = false, in_tx = false;
-	int rc = SQLITE_OK, ret = -EINVAL;
+	int ret = -EINVAL;
 
 	if (!valid_file_key(category, path))
 		goto out;
-	ret = catalog_lock(cat);
-	if (ret)
-		goto out;
-	locked = true;
-	ret = catalog_tx_begin(cat);
-	if (ret)
-		goto out;
-	in_tx = true;
-	ret = catalog_prepare(cat, sql_set_error, &st);
-	if (ret)
-		goto out;
-	catalog_bind_text(st, 1, category, &rc);
-	catalog_bind_text(st, 2, path, &rc);
-	catalog_bind_text(st, 3, msg ? msg : "", &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
-	if (ret)
-		goto out;
-	ret = run_key_stmt(cat, sql_prune_path, category, path);
-	if (ret)
-		goto out;
-	ret = catalog_tx_commit(cat);
-	if (ret)
-		goto out;
-	in_tx = false;
+	ret = catalog_write_begin(cat);
+	if (ret == 0)
+		ret = catalog_write_end(cat, set_error_row(cat, category, path, msg));
 out:
-	sqlite3_finalize(st);
-	if (in_tx)
-		catalog_tx_rollback(cat);
-	if (locked)
-		catalog_unlock(cat);
 	return ret;
 }
 
@@ -492,7 +468,7 @@ int catalog_meta_set_durable(struct catalog *cat, const char *key, const char *v
 		goto out;
 	catalog_bind_text(st, 1, key, &rc);
 	catalog_bind_text(st, 2, value, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	sqlite3_finalize(st);
 	if (full) {

@@ -50,10 +50,17 @@ void catalog_bind_int(sqlite3_stmt *st, int i, int64_t v, int *rc);
 void catalog_bind_hash(sqlite3_stmt *st, int i, const struct hash128 *h, int *rc);
 /* Steps @st to completion; 0 or -errno (logged). */
 int catalog_stmt_run(struct catalog *cat, sqlite3_stmt *st);
-/* BEGIN IMMEDIATE / COMMIT / ROLLBACK (rollback only if a transaction is open). */
-int catalog_tx_begin(struct catalog *cat);
-int catalog_tx_commit(struct catalog *cat);
-void catalog_tx_rollback(struct catalog *cat);
+/* catalog_stmt_run() once its binds went well (@rc, as the binders left it); else the bind
+ * error (logged). */
+int catalog_stmt_run_bound(struct catalog *cat, sqlite3_stmt *st, int rc);
+/*
+ * A write of several statements, in one transaction: catalog_write_begin() takes the lock and
+ * runs BEGIN IMMEDIATE (0, or -errno with nothing held); catalog_write_end(), given what the
+ * statements returned, commits when that is 0 and rolls back otherwise, unlocks, and returns
+ * @ret or COMMIT's error.
+ */
+int catalog_write_begin(struct catalog *cat);
+int catalog_write_end(struct catalog *cat, int ret);
 bool catalog_valid_category(const char *category);
 bool catalog_valid_key(const char *host, const char *category, const char *path);
 /* Fills @e from a row selected with catalog.c's entry columns (see CATALOG_ENTRY_COLS). */

@@ -100,7 +100,7 @@ static int run_host_stmt(struct catalog *cat, const char *sql, const char *host)
 	if (ret)
 		goto out;
 	catalog_bind_text(st, 1, host, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 out:
 	sqlite3_finalize(st);
 	return ret;
@@ -195,14 +195,14 @@ static int apply_live(struct catalog *cat, sqlite3_stmt **sts, const struct cat_
 	catalog_bind_text(st, 3, e->path, &rc);
 	catalog_bind_int(st, 4, (int64_t)e->size, &rc);
 	catalog_bind_hash(st, 5, &e->hash, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 	sqlite3_reset(st);
 	if (ret)
 		goto out;
 
 	st = sts[ST_LIVE_UPSERT];
 	catalog_bind_foreign_row(st, e, e->seq, seen, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 	sqlite3_reset(st);
 out:
 	return ret;
@@ -217,7 +217,7 @@ static int apply_deleted(struct catalog *cat, sqlite3_stmt **sts, const struct c
 	catalog_bind_text(st, 1, e->host, &rc);
 	catalog_bind_text(st, 2, e->category, &rc);
 	catalog_bind_text(st, 3, e->path, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 	sqlite3_reset(st);
 	if (ret)
 		goto out;
@@ -228,7 +228,7 @@ static int apply_deleted(struct catalog *cat, sqlite3_stmt **sts, const struct c
 	catalog_bind_text(st, 3, e->path, &rc);
 	catalog_bind_int(st, 4, e->seq, &rc);
 	catalog_bind_int(st, 5, seen, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
+	ret = catalog_stmt_run_bound(cat, st, rc);
 	sqlite3_reset(st);
 out:
 	return ret;
@@ -245,7 +245,6 @@ int catalog_apply_remote(struct catalog *cat, const char *host, const struct cat
 		[ST_HOST_SET] = sql_host_set,
 	};
 	sqlite3_stmt *sts[ST_APPLY_COUNT] = { NULL };
-	bool locked = false, in_tx = false;
 	int rc = SQLITE_OK, ret = -EINVAL;
 
 	if (!cat || !host || !*host || (n && !entries) || last_seq < 0)
@@ -258,83 +257,46 @@ int catalog_apply_remote(struct catalog *cat, const char *host, const struct cat
 		}
 	}
 
-	ret = catalog_lock(cat);
+	ret = catalog_write_begin(cat);
 	if (ret)
 		goto out;
-	locked = true;
 	ret = refuse_self(cat, host, "applying a manifest");
-	if (ret)
-		goto out;
-	for (size_t i = 0; i < ST_APPLY_COUNT; i++) {
+	for (size_t i = 0; ret == 0 && i < ST_APPLY_COUNT; i++)
 		ret = catalog_prepare(cat, sql[i], &sts[i]);
-		if (ret)
-			goto out;
-	}
-	ret = catalog_tx_begin(cat);
-	if (ret)
-		goto out;
-	in_tx = true;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; ret == 0 && i < n; i++) {
 		const struct cat_entry *e = &entries[i];
 
 		ret = e->deleted ? apply_deleted(cat, sts, e, seen) : apply_live(cat, sts, e, seen);
-		if (ret)
-			goto out;
 	}
-	catalog_bind_text(sts[ST_HOST_SET], 1, host, &rc);
-	catalog_bind_int(sts[ST_HOST_SET], 2, last_seq, &rc);
-	catalog_bind_int(sts[ST_HOST_SET], 3, seen, &rc);
-	ret = rc == SQLITE_OK ? catalog_stmt_run(cat, sts[ST_HOST_SET]) :
-				catalog_sql_fail(cat, rc, "bind");
-	if (ret)
-		goto out;
-	ret = catalog_tx_commit(cat);
-	if (ret)
-		goto out;
-	in_tx = false;
-out:
-	if (in_tx)
-		catalog_tx_rollback(cat);
+	if (ret == 0) {
+		catalog_bind_text(sts[ST_HOST_SET], 1, host, &rc);
+		catalog_bind_int(sts[ST_HOST_SET], 2, last_seq, &rc);
+		catalog_bind_int(sts[ST_HOST_SET], 3, seen, &rc);
+		ret = catalog_stmt_run_bound(cat, sts[ST_HOST_SET], rc);
+	}
 	for (size_t i = 0; i < ST_APPLY_COUNT; i++)
 		sqlite3_finalize(sts[i]);
-	if (locked)
-		catalog_unlock(cat);
+	ret = catalog_write_end(cat, ret);
+out:
 	return ret;
 }
 
 int catalog_reset_host(struct catalog *cat, const char *host)
 {
-	bool locked = false, in_tx = false;
 	int ret = -EINVAL;
 
 	if (!cat || !host || !*host)
 		goto out;
-	ret = catalog_lock(cat);
+	ret = catalog_write_begin(cat);
 	if (ret)
 		goto out;
-	locked = true;
 	ret = refuse_self(cat, host, "reset");
-	if (ret)
-		goto out;
-	ret = catalog_tx_begin(cat);
-	if (ret)
-		goto out;
-	in_tx = true;
-	ret = run_host_stmt(cat, sql_reset_entries, host);
-	if (ret)
-		goto out;
-	ret = run_host_stmt(cat, sql_reset_pos, host);
-	if (ret)
-		goto out;
-	ret = catalog_tx_commit(cat);
-	if (ret)
-		goto out;
-	in_tx = false;
+	if (ret == 0)
+		ret = run_host_stmt(cat, sql_reset_entries, host);
+	if (ret == 0)
+		ret = run_host_stmt(cat, sql_reset_pos, host);
+	ret = catalog_write_end(cat, ret);
 out:
-	if (in_tx)
-		catalog_tx_rollback(cat);
-	if (locked)
-		catalog_unlock(cat);
 	return ret;
 }
 

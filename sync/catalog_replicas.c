@@ -33,12 +33,6 @@ static const char sql_drop[] =
 	"UPDATE entries SET deleted = 1, seq = ?5 WHERE host = ?1 AND category = ?2 AND path = ?3 "
 	"AND deleted = 0 AND origin != ?1 AND hash = ?4";
 
-/* Runs the prepared, bound @sql statement @st to its end. */
-static int run(struct catalog *cat, sqlite3_stmt *st, int rc)
-{
-	return rc == SQLITE_OK ? catalog_stmt_run(cat, st) : catalog_sql_fail(cat, rc, "bind");
-}
-
 /* Whether (host, category, path) is a live entry of the host's own data. Lock held. */
 static int own_data_there(struct catalog *cat, const struct cat_entry *e, bool *own)
 {
@@ -95,7 +89,7 @@ static int put_replica(struct catalog *cat, const struct cat_entry *e,
 		goto out;
 	rc = SQLITE_OK;
 	catalog_bind_int(st, 1, id, &rc);
-	ret = run(cat, st, rc);
+	ret = catalog_stmt_run_bound(cat, st, rc);
 	sqlite3_finalize(st);
 	st = NULL;
 	if (ret)
@@ -106,7 +100,7 @@ static int put_replica(struct catalog *cat, const struct cat_entry *e,
 		catalog_bind_int(st, 1, id, &rc);
 		catalog_bind_int(st, 2, (int64_t)i, &rc);
 		catalog_bind_hash(st, 3, &chunks[i], &rc);
-		ret = run(cat, st, rc);
+		ret = catalog_stmt_run_bound(cat, st, rc);
 		sqlite3_reset(st);
 	}
 out:
@@ -114,91 +108,72 @@ out:
 	return ret;
 }
 
+/* catalog_publish_replica's statements, inside its transaction. */
+static int publish_replica(struct catalog *cat, const struct cat_entry *e,
+			   const struct hash128 *chunks, size_t n_chunks, int64_t *seq)
+{
+	bool own;
+	int ret = own_data_there(cat, e, &own);
+
+	if (ret == 0 && own)
+		ret = -EEXIST;
+	if (ret == 0)
+		ret = catalog_next_seq(cat, e->host, seq);
+	if (ret == 0)
+		ret = put_replica(cat, e, chunks, n_chunks, *seq);
+	return ret;
+}
+
 int catalog_publish_replica(struct catalog *cat, const struct cat_entry *e,
 			    const struct hash128 *chunks, size_t n_chunks, int64_t *seq)
 {
-	bool locked = false, in_tx = false, own;
 	int ret = -EINVAL;
 
 	if (!e || !catalog_valid_key(e->host, e->category, e->path) || !e->origin ||
 	    !*e->origin || strcmp(e->origin, e->host) == 0 || e->size > INT64_MAX ||
 	    n_chunks != (e->size + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE || (n_chunks && !chunks))
 		goto out;
-	ret = catalog_lock(cat);
-	if (ret)
-		goto out;
-	locked = true;
-	ret = catalog_tx_begin(cat);
-	if (ret)
-		goto out;
-	in_tx = true;
-	ret = own_data_there(cat, e, &own);
-	if (ret)
-		goto out;
-	if (own) {
-		ret = -EEXIST;
-		goto out;
-	}
-	ret = catalog_next_seq(cat, e->host, seq);
-	if (ret)
-		goto out;
-	ret = put_replica(cat, e, chunks, n_chunks, *seq);
-	if (ret)
-		goto out;
-	ret = catalog_tx_commit(cat);
+	ret = catalog_write_begin(cat);
 	if (ret == 0)
-		in_tx = false;
+		ret = catalog_write_end(cat, publish_replica(cat, e, chunks, n_chunks, seq));
 out:
-	if (in_tx)
-		catalog_tx_rollback(cat);
-	if (locked)
-		catalog_unlock(cat);
+	return ret;
+}
+
+/* catalog_drop_replica's statements, inside its transaction. */
+static int drop_replica(struct catalog *cat, const char *host, const char *category,
+			const char *path, const struct hash128 *hash, int64_t *seq)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = SQLITE_OK, ret;
+
+	ret = catalog_next_seq(cat, host, seq);
+	if (ret == 0)
+		ret = catalog_prepare(cat, sql_drop, &st);
+	if (ret == 0) {
+		catalog_bind_text(st, 1, host, &rc);
+		catalog_bind_text(st, 2, category, &rc);
+		catalog_bind_text(st, 3, path, &rc);
+		catalog_bind_hash(st, 4, hash, &rc);
+		catalog_bind_int(st, 5, *seq, &rc);
+		ret = catalog_stmt_run_bound(cat, st, rc);
+	}
+	if (ret == 0 && sqlite3_changes(cat->db) == 0)
+		ret = -ENOENT; /* the seq taken is rolled back with the transaction */
+	sqlite3_finalize(st);
 	return ret;
 }
 
 int catalog_drop_replica(struct catalog *cat, const char *host, const char *category,
 			 const char *path, const struct hash128 *hash, int64_t *seq)
 {
-	sqlite3_stmt *st = NULL;
-	bool locked = false, in_tx = false;
-	int rc = SQLITE_OK, ret = -EINVAL;
+	int ret = -EINVAL;
 
 	if (!catalog_valid_key(host, category, path) || !hash || !seq)
 		goto out;
-	ret = catalog_lock(cat);
-	if (ret)
-		goto out;
-	locked = true;
-	ret = catalog_tx_begin(cat);
-	if (ret)
-		goto out;
-	in_tx = true;
-	ret = catalog_next_seq(cat, host, seq);
-	if (ret)
-		goto out;
-	ret = catalog_prepare(cat, sql_drop, &st);
-	if (ret)
-		goto out;
-	catalog_bind_text(st, 1, host, &rc);
-	catalog_bind_text(st, 2, category, &rc);
-	catalog_bind_text(st, 3, path, &rc);
-	catalog_bind_hash(st, 4, hash, &rc);
-	catalog_bind_int(st, 5, *seq, &rc);
-	ret = run(cat, st, rc);
-	if (ret)
-		goto out;
-	if (sqlite3_changes(cat->db) == 0) {
-		ret = -ENOENT; /* the seq taken is rolled back with the transaction */
-		goto out;
-	}
-	ret = catalog_tx_commit(cat);
+	ret = catalog_write_begin(cat);
 	if (ret == 0)
-		in_tx = false;
+		ret = catalog_write_end(cat, drop_replica(cat, host, category, path, hash, seq));
 out:
-	sqlite3_finalize(st);
-	if (in_tx)
-		catalog_tx_rollback(cat);
-	if (locked)
-		catalog_unlock(cat);
 	return ret;
 }
