@@ -341,6 +341,31 @@ static bool item_queue(struct facade *fc, struct sync_job *job, struct sync_item
 }
 
 /*
+ * Looks at @it: settles it when it is gone or here (true; *progress set when it is here, if
+ * @progress is given), else notes a size change of its version and returns false (it still
+ * needs fetching; *o says more).
+ */
+static bool look_settles(struct facade *fc, struct sync_job *job, struct sync_item *it,
+			 struct look_out *o, bool *progress)
+{
+	switch (look_item(fc, it, o)) {
+	case LOOK_GONE:
+		item_gone(job, it);
+		return true;
+	case LOOK_HERE:
+		item_done(job, it);
+		if (progress)
+			*progress = true;
+		return true;
+	case LOOK_NEED:
+		break;
+	}
+	if (o->changed)
+		job->wc.bytes += (int64_t)it->size - (int64_t)o->old_size;
+	return false;
+}
+
+/*
  * Looks at item @it of the window. Returns true when it leaves the window (done, gone or
  * failed); sets *progress when bytes of it arrived or it completed.
  */
@@ -350,19 +375,9 @@ static bool item_check(struct facade *fc, struct sync_job *job, struct sync_item
 	struct look_out o;
 	char why[300];
 
-	switch (look_item(fc, it, &o)) {
-	case LOOK_GONE:
-		item_gone(job, it);
+	if (look_settles(fc, job, it, &o, progress))
 		return true;
-	case LOOK_HERE:
-		item_done(job, it);
-		*progress = true;
-		return true;
-	case LOOK_NEED:
-		break;
-	}
 	if (o.changed) {
-		job->wc.bytes += (int64_t)it->size - (int64_t)o.old_size;
 		if (++it->requeues > FACADE_MAX_REQUEUES) {
 			snprintf(why, sizeof(why), "a new version was published %d times while it "
 				 "was being fetched", FACADE_MAX_REQUEUES + 1);
@@ -386,26 +401,6 @@ static bool item_check(struct facade *fc, struct sync_job *job, struct sync_item
 	return true;
 }
 
-/* Looks at @it: settles it when it is gone or here (true), else notes a size change of its
- * version and returns false (it still needs fetching; *o says more). */
-static bool look_settles(struct facade *fc, struct sync_job *job, struct sync_item *it,
-			 struct look_out *o)
-{
-	switch (look_item(fc, it, o)) {
-	case LOOK_GONE:
-		item_gone(job, it);
-		return true;
-	case LOOK_HERE:
-		item_done(job, it);
-		return true;
-	case LOOK_NEED:
-		break;
-	}
-	if (o->changed)
-		job->wc.bytes += (int64_t)it->size - (int64_t)o->old_size;
-	return false;
-}
-
 /* Hands the next items of @job to the fetcher until its window is full. */
 static void job_fill(struct facade *fc, struct sync_job *job, int64_t now)
 {
@@ -416,7 +411,7 @@ static void job_fill(struct facade *fc, struct sync_job *job, int64_t now)
 		size_t idx = job->next_item++;
 		struct sync_item *it = &job->items[idx];
 
-		if (look_settles(fc, job, it, &o))
+		if (look_settles(fc, job, it, &o, NULL))
 			continue;
 		it->fetched = o.fetched;
 		if (item_queue(fc, job, it))
@@ -438,7 +433,7 @@ static void job_fail_pending(struct facade *fc, struct sync_job *job, const char
 		struct sync_item *it = &job->items[idx];
 		struct look_out o;
 
-		if (look_settles(fc, job, it, &o))
+		if (look_settles(fc, job, it, &o, NULL))
 			continue;
 		snprintf(msg, sizeof(msg), "%s%s%s", why, o.error[0] ? "; last error: " : "",
 			 o.error);
