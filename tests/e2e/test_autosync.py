@@ -23,7 +23,7 @@ import pytest
 
 import meshfs_harness as h
 from meshfs_harness import wait_until
-from test_cluster import HttpProxy, read_in_child, sha256
+from test_cluster import HttpProxy, read_in_child, served, sha256
 
 MiB = 1 << 20
 P = "user.meshfs."
@@ -220,19 +220,9 @@ class StallingProxy(HttpProxy):
 
 @pytest.fixture
 def stalling_proxies():
-    """Factory for StallingProxy; all are closed and joined at teardown. Ask for it before
-    make_cluster, so that they outlive the nodes."""
-    made = []
-
-    def make(address, upstream, **kwargs):
-        p = StallingProxy(address, upstream, **kwargs)
-        made.append(p)
-        return p
-
-    yield make
-    problems = [p for p in (s.close() for s in reversed(made)) if p]
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    """Factory for StallingProxy; see test_cluster.served()."""
+    with served(StallingProxy) as (make,):
+        yield make
 
 
 def status_failures(node):

@@ -21,6 +21,7 @@ is partly garbage. Both are threaded, bounded (a few dozen connections at most) 
 and joined at the end of the test.
 """
 
+import contextlib
 import errno
 import hashlib
 import http.client
@@ -506,27 +507,33 @@ class FakePeer(_Served):
 FAKE_MTIME_NS = 1_767_225_600_000_000_000
 
 
-@pytest.fixture
-def servers():
-    """Factory for proxies and fake peers; all are closed and joined at teardown. Ask for
-    this fixture before make_cluster, so that they outlive the nodes."""
+@contextlib.contextmanager
+def served(*classes):
+    """A factory per class of @classes (each a _Served): what they make is closed and joined,
+    last made first, when the block ends; a close that reports a problem fails the test.
+    Fixtures use it so that their servers outlive the nodes (ask for them before
+    make_cluster)."""
     made = []
 
-    def proxy(address, upstream, **kwargs):
-        p = HttpProxy(address, upstream, **kwargs)
-        made.append(p)
-        return p
+    def factory(cls):
+        def make(*args, **kwargs):
+            s = cls(*args, **kwargs)
+            made.append(s)
+            return s
+        return make
 
-    def fake(address, *args, **kwargs):
-        f = FakePeer(address, *args, **kwargs)
-        made.append(f)
-        return f
-
-    proxy.fake = fake
-    yield proxy
+    yield tuple(factory(cls) for cls in classes)
     problems = [p for p in (s.close() for s in reversed(made)) if p]
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def servers():
+    """Factory for proxies (servers(...)) and fake peers (servers.fake(...)); see served()."""
+    with served(HttpProxy, FakePeer) as (proxy, fake):
+        proxy.fake = fake
+        yield proxy
 
 
 # --- a published file reaches every node --------------------------------------------------------

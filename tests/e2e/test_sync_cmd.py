@@ -25,7 +25,7 @@ import pytest
 
 import meshfs_harness as h
 from meshfs_harness import wait_until
-from test_cluster import HttpProxy
+from test_cluster import HttpProxy, served
 
 MiB = 1 << 20
 P = "user.meshfs."
@@ -87,19 +87,9 @@ def assert_plain(text):
 
 @pytest.fixture
 def proxies():
-    """Factory for throttling proxies (test_cluster.HttpProxy); all are closed and joined at
-    teardown. Ask for it before make_cluster, so that they outlive the nodes."""
-    made = []
-
-    def make(address, upstream, **kwargs):
-        p = HttpProxy(address, upstream, **kwargs)
-        made.append(p)
-        return p
-
-    yield make
-    problems = [p for p in (s.close() for s in reversed(made)) if p]
-    if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+    """Factory for throttling proxies (test_cluster.HttpProxy); see test_cluster.served()."""
+    with served(HttpProxy) as (make,):
+        yield make
 
 
 def route_via(node, host, proxy):
