@@ -140,6 +140,28 @@ static void test_fd_10mib_reference(void)
 	free(p);
 }
 
+/*
+ * Checks that @got (@n hashes) holds hash_buf of each @slice-byte slice of @p (@len bytes, the
+ * last slice short); @what names the slices in a failure.
+ */
+static void check_slices(const struct hash128 *got, size_t n, const uint8_t *p, size_t len,
+			 size_t slice, const char *what)
+{
+	size_t want_n = (len + slice - 1) / slice;
+
+	CHECK_EQ_INT(n, want_n);
+	for (size_t i = 0; got && i < n && i < want_n; i++) {
+		size_t off = i * slice;
+		size_t slen = len - off < slice ? len - off : slice;
+		struct hash128 ref = hash_buf(p + off, slen);
+
+		if (!hash_equal(&got[i], &ref)) {
+			fprintf(stderr, "size %zu %s %zu differs\n", len, what, i);
+			CHECK(0);
+		}
+	}
+}
+
 /* Sizes around the chunk and buffer boundaries: chunks must equal hash_buf of each slice. */
 static void test_fd_sizes(void)
 {
@@ -149,7 +171,7 @@ static void test_fd_sizes(void)
 	uint8_t *p = pattern(9 * MIB + 123);
 
 	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
-		size_t len = sizes[k], want_n = (len + HASH_CHUNK_SIZE - 1) / HASH_CHUNK_SIZE;
+		size_t len = sizes[k];
 		int fd = make_file("sized", p, len);
 		struct hash128 whole, ref, *chunks = NULL;
 		size_t n = 0;
@@ -159,17 +181,7 @@ static void test_fd_sizes(void)
 		CHECK_EQ_INT(size, len);
 		ref = hash_buf(p, len);
 		CHECK(hash_equal(&whole, &ref));
-		CHECK_EQ_INT(n, want_n);
-		for (size_t i = 0; chunks && i < n && i < want_n; i++) {
-			size_t off = i * HASH_CHUNK_SIZE;
-			size_t clen = len - off < HASH_CHUNK_SIZE ? len - off : HASH_CHUNK_SIZE;
-
-			ref = hash_buf(p + off, clen);
-			if (!hash_equal(&chunks[i], &ref)) {
-				fprintf(stderr, "size %zu chunk %zu differs\n", len, i);
-				CHECK(0);
-			}
-		}
+		check_slices(chunks, n, p, len, HASH_CHUNK_SIZE, "chunk");
 		free(chunks);
 		close(fd);
 	}
@@ -185,7 +197,7 @@ static void test_fd_blocks(void)
 	uint8_t *p = pattern(4 * MIB + 64 * 1024 + 9);
 
 	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
-		size_t len = sizes[k], want_n = (len + HASH_BLOCK_SIZE - 1) / HASH_BLOCK_SIZE;
+		size_t len = sizes[k];
 		int fd = make_file("sized", p, len);
 		struct hash128 whole, ref, *chunks = NULL, *blocks = NULL;
 		size_t n = 0, nb = 99;
@@ -195,18 +207,8 @@ static void test_fd_blocks(void)
 		CHECK_EQ_INT(size, len);
 		ref = hash_buf(p, len);
 		CHECK(hash_equal(&whole, &ref));
-		CHECK_EQ_INT(nb, want_n);
-		CHECK(want_n > 0 || blocks == NULL);
-		for (size_t i = 0; blocks && i < nb && i < want_n; i++) {
-			size_t off = i * HASH_BLOCK_SIZE;
-			size_t blen = len - off < HASH_BLOCK_SIZE ? len - off : HASH_BLOCK_SIZE;
-
-			ref = hash_buf(p + off, blen);
-			if (!hash_equal(&blocks[i], &ref)) {
-				fprintf(stderr, "size %zu block %zu differs\n", len, i);
-				CHECK(0);
-			}
-		}
+		check_slices(blocks, nb, p, len, HASH_BLOCK_SIZE, "block");
+		CHECK(len > 0 || blocks == NULL);
 		free(blocks);
 		free(chunks);
 		close(fd);
