@@ -702,16 +702,14 @@ static int read_config_file(const char *path, unsigned char **out, size_t *outle
 			}
 			buf = grown;
 		}
-		n = read(fd, buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
+		n = read_upto(fd, buf + len, cap - len);
 		if (n < 0) {
-			ret = -errno;
+			ret = (int)n;
 			goto out;
 		}
-		if (n == 0)
-			break;
-		len += n;
+		len += (size_t)n;
+		if (len < cap)
+			break; /* a short count: the end of the file */
 	}
 	*out = buf;
 	*outlen = len;

@@ -242,18 +242,11 @@ static ssize_t read_probe_file(const char *path, char *buf)
 		ret = -EINVAL;
 		goto out;
 	}
-	while (len < PROBE_MAX) {
-		n = read(fd, buf + len, PROBE_MAX - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			ret = -errno;
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
+	n = read_upto(fd, buf, PROBE_MAX);
+	if (n < 0)
+		ret = (int)n;
+	else
+		len = (size_t)n;
 out:
 	close(fd);
 	buf[len] = '\0';

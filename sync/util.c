@@ -120,6 +120,24 @@ bool path_is_under(const char *path, const char *dir)
 	return path[n] == '\0' || path[n] == '/' || (n == 1 && dir[0] == '/');
 }
 
+ssize_t read_upto(int fd, void *buf, size_t len)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = read(fd, (char *)buf + got, len - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	return (ssize_t)got;
+}
+
 int read_small_file(const char *path, char **out)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -152,16 +170,14 @@ int read_small_file(const char *path, char **out)
 			buf = bigger;
 			cap *= 2;
 		}
-		n = read(fd, buf + len, cap - len - 1);
+		n = read_upto(fd, buf + len, cap - len - 1);
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			ret = -errno;
+			ret = (int)n;
 			goto out;
 		}
-		if (n == 0)
-			break;
-		len += n;
+		len += (size_t)n;
+		if (len + 1 < cap)
+			break; /* a short count: the end of the file */
 	}
 	buf[len] = '\0';
 	*out = buf;

@@ -38,6 +38,10 @@ int read_small_file(const char *path, char **out);
 /* Strips leading and trailing whitespace in place; returns @s. */
 char *str_strip(char *s);
 
+/* Reads up to @len bytes into @buf, retrying EINTR and short counts: the count (less than @len
+ * only at the end of the file) or -errno. */
+ssize_t read_upto(int fd, void *buf, size_t len);
+
 /* Full write that retries on EINTR and short counts. 0 or -errno. */
 int write_all(int fd, const void *buf, size_t len);
 
