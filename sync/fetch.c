@@ -151,6 +151,18 @@ static bool file_wanted(const struct fetch_file *ff)
 	return false;
 }
 
+/*
+ * When @ff's cache file is to be made (mono_ns): 0 = now, INT64_MAX = never (it has one, or
+ * nothing of it is wanted), else when its probes' head start ends (see
+ * next_to_create_locked). Lock held.
+ */
+static int64_t cache_file_due(const struct fetch_file *ff)
+{
+	if (ff->cf || !(ff->background || file_wanted(ff)))
+		return INT64_MAX;
+	return ff->n_probes ? ff->first_probe_ns + FETCH_PROBE_HEAD_NS : 0;
+}
+
 /* ------------------------------------------------------------------ files */
 
 /* @ff's cache file, or NULL while it has none yet. Any thread, with or without the lock. */
@@ -1142,24 +1154,22 @@ static int resume_in_ms(struct fetch *f)
 	return wait > FETCH_POLL_MS ? FETCH_POLL_MS : (int)wait;
 }
 
-/* How long the fetch thread may wait for sockets: until the quiet time is over or a paused
- * transfer may go on, at most FETCH_POLL_MS. */
-static int poll_ms(struct fetch *f, bool quiet)
+/* How long the fetch thread may wait for sockets: until the quiet time is over, a paused
+ * transfer may go on or a cache file is due, at most FETCH_POLL_MS. Lock held. */
+static int poll_ms_locked(struct fetch *f, bool quiet)
 {
 	int ms = f->n_paused ? resume_in_ms(f) : FETCH_POLL_MS;
 
 	/* A version whose cache file waits behind its probes: look again when that ends. */
-	pthread_mutex_lock(&f->lock);
 	for (struct fetch_file *ff = f->files; ff && ms > 1; ff = ff->next) {
-		if (!ff->cf && ff->n_probes && (ff->background || file_wanted(ff))) {
-			int64_t end = ff->first_probe_ns + FETCH_PROBE_HEAD_NS;
-			int64_t left = (end - mono_ns()) / 1000000;
+		int64_t due = cache_file_due(ff), left;
 
-			if (left + 1 < ms)
-				ms = left < 0 ? 1 : (int)left + 1;
-		}
+		if (due == 0 || due == INT64_MAX)
+			continue;
+		left = (due - mono_ns()) / 1000000;
+		if (left + 1 < ms)
+			ms = left < 0 ? 1 : (int)left + 1;
 	}
-	pthread_mutex_unlock(&f->lock);
 
 	if (quiet) {
 		int64_t left = (f->quiet_until - mono_ns()) / 1000000 + 1;
@@ -1192,14 +1202,6 @@ static void resume_paused(struct fetch *f)
 	}
 }
 
-/* Whether @ff needs a cache file now, at @now: see next_to_create_locked. Lock held. */
-static bool needs_cache_file(const struct fetch_file *ff, int64_t now)
-{
-	if (ff->cf || !(ff->background || file_wanted(ff)))
-		return false;
-	return !ff->n_probes || now - ff->first_probe_ns >= FETCH_PROBE_HEAD_NS;
-}
-
 /*
  * A version that is wanted but has no cache file yet, with a reference; or NULL. Versions a
  * reader wants come first. One with a probe in flight waits for it: the probe's answer is what
@@ -1214,7 +1216,7 @@ static struct fetch_file *next_to_create_locked(struct fetch *f)
 	int64_t now = mono_ns();
 
 	for (struct fetch_file *ff = f->files; ff; ff = ff->next) {
-		if (!needs_cache_file(ff, now))
+		if (cache_file_due(ff) > now)
 			continue;
 		if (!pick || ff->waiters) {
 			pick = ff;
@@ -1271,7 +1273,7 @@ static void *fetch_main(void *arg)
 		struct fetch_file *fin, *make;
 		bool quiet, probed;
 		CURLMsg *msg;
-		int running, left;
+		int running, left, wait_ms;
 
 		pthread_mutex_lock(&f->lock);
 		if (f->stop) {
@@ -1284,6 +1286,7 @@ static void *fetch_main(void *arg)
 		/* A probe just started goes out first; the rest waits for the next round. */
 		fin = quiet || probed ? NULL : next_to_finish_locked(f);
 		make = fin || quiet || probed ? NULL : next_to_create_locked(f);
+		wait_ms = poll_ms_locked(f, quiet);
 		pthread_mutex_unlock(&f->lock);
 		run_completions(done);
 		done = NULL;
@@ -1302,7 +1305,7 @@ static void *fetch_main(void *arg)
 		}
 		/* A probe just started goes out now: a reader waits for it. */
 		if (!probed && !make)
-			curl_multi_poll(f->multi, NULL, 0, poll_ms(f, quiet), NULL);
+			curl_multi_poll(f->multi, NULL, 0, wait_ms, NULL);
 		resume_paused(f);
 		curl_multi_perform(f->multi, &running);
 		while ((msg = curl_multi_info_read(f->multi, &left))) {
