@@ -446,8 +446,9 @@ bool fetch_last_error(struct fetch *f, const struct hash128 *hash, char *buf, si
 /*
  * The usable source (not in @exclude) for the next @bytes of @ff that should finish first: the
  * least round trip plus bytes in flight and asked over its measured throughput, an ephemeral
- * host's time counting 1.5x (a spot machine may go at any moment); or -1. With @busy, hosts already running FETCH_MAX_PER_HOST chunk transfers are passed over,
- * and *busy says whether one was (then -1 means "later", not "nobody"). Lock held.
+ * host's time counting 1.5x (a spot machine may go at any moment); or -1. With @busy, hosts
+ * already running FETCH_MAX_PER_HOST chunk transfers are passed over, and *busy says whether
+ * one was (then -1 means "later", not "nobody"). Lock held.
  */
 int fetch_pick_source(struct fetch *f, struct fetch_file *ff, uint64_t exclude, uint64_t bytes,
 		       bool *busy)
@@ -798,7 +799,8 @@ static void drop_abandoned_locked(struct fetch *f)
 static void promote_read_chunks_locked(struct fetch *f)
 {
 	for (struct xfer *x = f->xfers; x; x = x->next)
-		if (x->limited && x->chunk < XFER_PROBE && x->ff->want[x->chunk] >= FETCH_PRIO_AHEAD)
+		if (x->limited && x->chunk < XFER_PROBE &&
+		    x->ff->want[x->chunk] >= FETCH_PRIO_AHEAD)
 			x->limited = false;
 }
 
